@@ -74,6 +74,15 @@ def build_layers(flow_cfg, *, checkerboard: str, norm: str, dropout: float,
   return layers + list(last)
 
 
+def output_shape(layout: str, image_shape) -> tuple:
+  """[H, W, C] of a flow's output: each s2d halves H and W and quadruples C."""
+  h, w, c = image_shape
+  for kind, _ in parse_layout(layout):
+    if kind == 's2d':
+      h, w, c = h // 2, w // 2, 4 * c
+  return (h, w, c)
+
+
 def validate_flow_config(name: str, flow_cfg, image_shape) -> None:
   """Raises ValueError naming the field when a flow config cannot describe a valid flow."""
   stages = parse_layout(flow_cfg.layout)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flowpp_jax import architecture
 from flowpp_jax.bijectors import Chain, Sigmoid, sum_per_example
 from flowpp_jax.nn.conditioner import GatedStack
-from flowpp_jax.nn.layers import Conv
+from flowpp_jax.nn.layers import Conv, normal_init
 
 
 def standard_normal_logpdf(z):
@@ -44,7 +44,7 @@ class ContextNet(nn.Module):
         jnp.concatenate([a, b], axis=-1))
     pos_emb = None
     if cfg.context_mixer != 'none':
-      pos_emb = self.param('pos_emb', nn.initializers.normal(0.01), h.shape[1:])
+      pos_emb = self.param('pos_emb', normal_init(0.01), h.shape[1:])
     return GatedStack(cfg.context_blocks, cfg.context_mixer, cfg.heads, self.dropout,
                       use_nin=False, layer_norm=cfg.context_layer_norm,
                       weight_norm=cfg.weight_norm, dtype=self.dtype, name='stack')(
@@ -68,7 +68,7 @@ class VariationalDequantizer(nn.Module):
         dtype=self.dtype, last=[Sigmoid()]))
 
   def __call__(self, x, rng, *, deterministic=True):
-    eps = jax.random.normal(rng, x.shape, jnp.float32)
+    eps = normal_init(1.0)(rng, x.shape)
     context = self.context(x, deterministic=deterministic)
     u, log_det = self.flow(eps, context, deterministic=deterministic)
     return u, standard_normal_logpdf(eps) - log_det

@@ -91,6 +91,11 @@ def mixlogistic_invlogit_cdf(target, logits, means, log_scales):
   A fixed-length ``lax.fori_loop``, so jit- and vmap-safe. Differentiable: the derivative
   comes from the implicit function theorem, not from the loop.
   """
+  return _bisect(target, logits, means, log_scales)
+
+
+@jax.jit
+def _bisect(target, logits, means, log_scales):
   dtype = _float_dtype(target, logits, means, log_scales)
   target, logits, means, log_scales = (
       jnp.asarray(a, dtype) for a in (target, logits, means, log_scales))
@@ -120,9 +125,7 @@ def _invlogit_cdf_jvp(primals, tangents):
   params = (logits, means, log_scales)
   # Implicit function theorem on g(x, params) = logit F(x) - target = 0:
   # dx = (d target - d_params g . d params) / d_x g, with d_x g = f / (F (1 - F)).
-  zero_like = lambda t, p: jnp.zeros_like(p) if type(t) is jax.custom_derivatives.SymbolicZero else t
-  d_params = tuple(jnp.broadcast_to(zero_like(t, p), jnp.shape(p)).astype(x.dtype)
-                   for t, p in zip(tangents[1:], params))
+  d_params = tuple(jnp.asarray(t, x.dtype) for t in tangents[1:])
   _, dg = jax.jvp(lambda *p: mixlogistic_logit_cdf(x, *p),
                   tuple(jnp.asarray(p, x.dtype) for p in params), d_params)
   slope = jnp.exp(mixlogistic_logpdf(x, *params) - mixlogistic_logcdf(x, *params)
@@ -136,5 +139,5 @@ def mixlogistic_invcdf(y, logits, means, log_scales):
   y is taken to logit space first (log y - log1p(-y)), so probabilities close to 0 or 1 keep
   their full float32 resolution.
   """
-  y = jnp.asarray(y, _float_dtype(y))
+  y = jnp.asarray(y, _float_dtype(y, logits, means, log_scales))
   return mixlogistic_invlogit_cdf(jnp.log(y) - jnp.log1p(-y), logits, means, log_scales)

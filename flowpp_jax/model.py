@@ -12,6 +12,7 @@ import numpy as np
 
 from flowpp_jax import architecture
 from flowpp_jax.bijectors import Chain, LogitPreprocess
+from flowpp_jax.nn.layers import normal_init
 from flowpp_jax.dequantizer import (UniformDequantizer, VariationalDequantizer,
                                     standard_normal_logpdf)
 
@@ -85,8 +86,13 @@ class FlowPlusPlus(nn.Module):
       raise ValueError(f'images must have shape [B, {", ".join(map(str, shape))}], '
                        f'got {list(x.shape)}')
 
+  @property
+  def latent_shape(self) -> tuple:
+    """[H, W, C] of z: the image shape after the main flow's squeezes."""
+    return architecture.output_shape(self.config.main.layout, self.config.image_shape)
+
   def check_latents(self, z):
-    shape = tuple(self.config.image_shape)
+    shape = self.latent_shape
     if z.ndim != 4 or tuple(z.shape[1:]) != shape:
       raise ValueError(f'latents must have shape [B, {", ".join(map(str, shape))}], '
                        f'got {list(z.shape)}')
@@ -97,13 +103,20 @@ class FlowPlusPlus(nn.Module):
     self.check_images(x)
     x = x.astype(jnp.float32)
     u, log_qu = self.dequantizer(x, rng, deterministic=deterministic)
-    z, log_det = self.main_flow(x + u, deterministic=deterministic)
-    log_px = standard_normal_logpdf(z) + log_det
+    log_px = self.log_density(x + u, deterministic=deterministic)
     bpd = -(log_px - log_qu) / (self.num_dims * np.log(2.0))
     return {'log_px': log_px, 'log_qu': log_qu, 'bpd': bpd}
 
+  def log_density(self, y, *, deterministic=True):
+    """log p(y) of the continuous main flow: y float [B, H, W, C] in [0, L] -> [B]."""
+    z, log_det = self.main_flow(y, deterministic=deterministic)
+    return standard_normal_logpdf(z) + log_det
+
   def encode(self, x, rng):
-    """x uint8 [B, H, W, C] -> z float32 [B, H, W, C]: the latent of x + u, u ~ q(u | x)."""
+    """x uint8 [B, H, W, C] -> z float32 [B, *latent_shape]: the latent of x + u, u ~ q(u|x).
+
+    u is kept ENCODE_MARGIN inside its bin so that decode(encode(x)) == x exactly.
+    """
     self.check_images(x)
     x = x.astype(jnp.float32)
     u, _ = self.dequantizer(x, rng)
@@ -111,12 +124,12 @@ class FlowPlusPlus(nn.Module):
     return z
 
   def decode(self, z):
-    """z [B, H, W, C] -> uint8 images: inverts the main flow and floors to the bin."""
+    """z [B, *latent_shape] -> uint8 [B, H, W, C]: inverts the main flow, floors to the bin."""
     self.check_latents(z)
     y, _ = self.main_flow(z.astype(jnp.float32), inverse=True)
     return jnp.clip(jnp.floor(y), 0, self.config.num_levels - 1).astype(jnp.uint8)
 
   def sample(self, rng, n: int, temperature: float = 1.0):
     """n uint8 images [n, H, W, C] from z ~ N(0, temperature^2 I)."""
-    z = temperature * jax.random.normal(rng, (n, *self.config.image_shape), jnp.float32)
+    z = normal_init(temperature)(rng, (n, *self.latent_shape))
     return self.decode(z)

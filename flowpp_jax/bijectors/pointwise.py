@@ -1,8 +1,8 @@
 """Invertible 1x1 convolution ("Pointwise" in the official code; Glow's invconv)."""
-import jax
 import jax.numpy as jnp
 
 from flowpp_jax.bijectors.base import PartwiseBijector
+from flowpp_jax.nn.layers import normal_init
 
 
 class Pointwise(PartwiseBijector):
@@ -16,8 +16,8 @@ class Pointwise(PartwiseBijector):
 
   def _part(self, index, x, inverse):
     channels = x.shape[-1]
-    w = self.param(f'W{index}', lambda rng: jnp.eye(channels) + self.noise_scale
-                   * jax.random.normal(rng, (channels, channels)))
+    w = self.param(f'W{index}', lambda rng: jnp.eye(channels)
+                   + normal_init(self.noise_scale)(rng, (channels, channels)))
     log_det = x.shape[1] * x.shape[2] * jnp.linalg.slogdet(w)[1]
     if inverse:
       return jnp.einsum('...c,cd->...d', x, jnp.linalg.inv(w)), -log_det

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flowpp_jax.nn.layers import Conv, concat_elu, gate
+from flowpp_jax.nn.layers import Conv, concat_elu, gate, normal_init
 
 MIXERS = ('attention', 'maxout', 'none')
 
@@ -139,7 +139,7 @@ class Conditioner(nn.Module):
   @nn.compact
   def __call__(self, x, context=None, *, num_outputs: int, deterministic=True):
     b, h, w, c = x.shape
-    pos_emb = self.param('pos_emb', nn.initializers.normal(0.01), (h, w, self.filters))
+    pos_emb = self.param('pos_emb', normal_init(0.01), (h, w, self.filters))
     x = Conv(self.filters, 3, 1.0, self.weight_norm, self.dtype, name='proj_in')(x)
     x = GatedStack(self.blocks, self.mixer, self.heads, self.dropout, use_nin=True,
                    weight_norm=self.weight_norm, dtype=self.dtype, name='stack')(

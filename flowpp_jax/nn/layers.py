@@ -5,6 +5,7 @@ Data-dependent init (Salimans & Kingma 2016, as in the official code): on the ba
 output channel. Parameters are float32; ``dtype`` is the compute dtype of the matmul/conv
 (bfloat16 halves activation memory; the statistics and the bias add stay float32).
 """
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -14,6 +15,18 @@ from jax import lax
 
 _W_STDDEV = 0.05  # The reference draws every conv and dense weight from N(0, 0.05^2).
 _VAR_EPS = 1e-8
+
+
+def normal_init(stddev: float):
+  """N(0, stddev^2) initializer that draws a flat vector and reshapes it.
+
+  Same distribution as nn.initializers.normal, but XLA:CPU compiles the partitionable
+  threefry for a flat shape in a fraction of the time it takes for 4-D kernel shapes (seen:
+  0.8 s against 7.7 s per shape with jax 0.10), which dominated model init and its compile.
+  """
+  def init(rng, shape, dtype=jnp.float32):
+    return stddev * jax.random.normal(rng, (math.prod(shape),), dtype).reshape(shape)
+  return init
 
 
 def concat_elu(x):
@@ -61,12 +74,12 @@ class Conv(nn.Module):
       return self.init_scale * lax.rsqrt(jnp.var(y, axis=stat_axes) + _VAR_EPS)
 
     if self.weight_norm:
-      v = self.param('V', nn.initializers.normal(_W_STDDEV), shape)
+      v = self.param('V', normal_init(_W_STDDEV), shape)
       y = self._apply(x, v * lax.rsqrt(jnp.sum(jnp.square(v), axis=w_axes)))
       y = y * self.param('g', lambda _: data_scale(y))
     else:
       def init_w(rng):
-        w = _W_STDDEV * jax.random.normal(rng, shape)
+        w = normal_init(_W_STDDEV)(rng, shape)
         return w * data_scale(self._apply(x, w))
       y = self._apply(x, self.param('W', init_w))
     return y + self.param('b', lambda _: -jnp.mean(y, axis=stat_axes))
