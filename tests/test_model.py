@@ -21,8 +21,10 @@ VARIANTS = {
     'uniform_dequant': dict(dequant_kind='uniform'),
     'affine': dict(coupling='affine'),
     'maxout_mixer': dict(mixer='maxout'),
-    'no_mixer_actnorm_free': dict(mixer='none', pointwise=False),
+    'no_mixer_no_pointwise': dict(mixer='none', pointwise=False),
+    'actnorm_2d_checkerboard': dict(norm='actnorm', checkerboard='2d'),
     'weight_norm': dict(weight_norm=True),
+    'bfloat16_conditioners': dict(compute_dtype='bfloat16'),
 }
 
 
@@ -149,6 +151,6 @@ def test_bad_model_config_is_named(tiny_config, field, value, message):
 
 
 def test_bad_layout_is_named(tiny_config):
-  tiny_config.main.layout = 'checker2 s2d s2d channel1'
+  tiny_config.main.layout = 'checker1 s2d s2d s2d s2d'
   with pytest.raises(ValueError, match='s2d needs even'):
     init_model(FlowPlusPlus(tiny_config), _images((8, 8, 3)))

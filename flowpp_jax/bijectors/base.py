@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flowpp_jax.dtypes import at_least_float32
+
 
 def batch_size(x) -> int:
   """Leading dimension of an array or of the first part of a tuple."""
@@ -30,7 +32,8 @@ def sum_per_example(a):
 
 
 def zero_log_det(x):
-  return jnp.zeros((batch_size(x),), jnp.float32)
+  first = x[0] if isinstance(x, tuple) else x
+  return jnp.zeros((first.shape[0],), at_least_float32(first.dtype))
 
 
 class Bijector(nn.Module):
@@ -81,5 +84,5 @@ class PartwiseBijector(Bijector):
       out, log_det = self._part(i, part, inverse)
       outs.append(out)
       total = total + log_det
-    total = jnp.full((parts[0].shape[0],), total, jnp.float32)
+    total = jnp.full((parts[0].shape[0],), total, at_least_float32(parts[0].dtype))
     return (tuple(outs) if isinstance(x, tuple) else outs[0]), total

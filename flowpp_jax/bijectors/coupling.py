@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from flowpp_jax import logistic
 from flowpp_jax.bijectors.base import Bijector, sum_per_example
+from flowpp_jax.dtypes import at_least_float32
 
 MIN_LOG_SCALE = -7.0  # the reference clamps the mixture log-scales here
 
@@ -21,7 +22,8 @@ class MixLogisticCoupling(Bijector):
   means and K log-scales (clamped at -7). log|dy2/dx2| = log f - log F - log(1 - F) + s,
   exact and elementwise, all in log space (see flowpp_jax.logistic). The inverse solves
   logit F(x2) = (y2 - t) exp(-s) by bisection (``mixlogistic_invlogit_cdf``, error <= 1 ulp
-  of the float32-evaluated root). The mixture math is float32 whatever ``net`` computes in.
+  of the float32-evaluated root). The mixture math is float32 (float64 for float64 inputs)
+  whatever ``net`` computes in.
   """
   net: Any
   components: int = 32
@@ -30,7 +32,7 @@ class MixLogisticCoupling(Bijector):
   def __call__(self, x, context=None, *, inverse=False, deterministic=True):
     x1, x2 = x
     h = self.net(x1, context, num_outputs=2 + 3 * self.components,
-                 deterministic=deterministic).astype(jnp.float32)
+                 deterministic=deterministic).astype(at_least_float32(x2.dtype))
     s, t = jnp.tanh(h[..., 0]), h[..., 1]
     logits, means, log_scales = jnp.split(h[..., 2:], 3, axis=-1)
     mix = (logits, means, jnp.maximum(log_scales, MIN_LOG_SCALE))
@@ -55,7 +57,8 @@ class AffineCoupling(Bijector):
   @nn.compact
   def __call__(self, x, context=None, *, inverse=False, deterministic=True):
     x1, x2 = x
-    h = self.net(x1, context, num_outputs=2, deterministic=deterministic).astype(jnp.float32)
+    h = self.net(x1, context, num_outputs=2, deterministic=deterministic)
+    h = h.astype(at_least_float32(x2.dtype))
     s, t = jnp.tanh(h[..., 0]), h[..., 1]
     if inverse:
       return (x1, (x2 - t) * jnp.exp(-s)), -sum_per_example(s)

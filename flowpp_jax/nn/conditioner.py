@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flowpp_jax.dtypes import at_least_float32, compute_dtype
 from flowpp_jax.nn.layers import Conv, concat_elu, gate, normal_init
 
 MIXERS = ('attention', 'maxout', 'none')
@@ -56,10 +57,11 @@ class GatedAttention(nn.Module):
     d = f // self.heads
     qkv = Conv(3 * f, 1, 1.0, self.weight_norm, self.dtype, name='proj1')(x + pos_emb)
     q, k, v = jnp.moveaxis(qkv.reshape(b, h * w, 3, self.heads, d), 2, 0)
-    q, k, v = (a.astype(self.dtype) for a in (q, k, v))
-    logits = jnp.einsum('bthd,bshd->bhts', q, k).astype(jnp.float32) / jnp.sqrt(d)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum('bhts,bshd->bthd', weights, v).astype(jnp.float32).reshape(b, h, w, f)
+    dtype, out_dtype = compute_dtype(x.dtype, self.dtype), at_least_float32(x.dtype)
+    q, k, v = (a.astype(dtype) for a in (q, k, v))
+    logits = jnp.einsum('bthd,bshd->bhts', q, k).astype(out_dtype) / jnp.sqrt(d)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum('bhts,bshd->bthd', weights, v).astype(out_dtype).reshape(b, h, w, f)
     out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
     return x + gate(Conv(2 * f, 1, 0.1, self.weight_norm, self.dtype, name='proj2')(out))
 
@@ -122,8 +124,8 @@ class Conditioner(nn.Module):
 
   pos_emb [H, W, filters] ~ N(0, 0.01^2); proj_in 3x3 conv to ``filters``; a GatedStack;
   then the output projection (init_scale 0.1): a 3x3 conv (CIFAR-10), or concat-ELU followed
-  by a 3x3 conv (ImageNet64) or a 1x1 conv (ImageNet32), per ``out_concat_elu`` and
-  ``out_kernel``. pos_emb is created even when mixer='none', as in the official code, so
+  by a 3x3 conv (ImageNet 32 and 64), per ``out_concat_elu``; ``out_kernel=1`` gives a 1x1
+  ("nin") output instead. pos_emb is created even when mixer='none', as in the official code, so
   parameter counts match it; it then receives zero gradient.
   """
   filters: int

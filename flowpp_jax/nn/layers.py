@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from flowpp_jax.dtypes import at_least_float32, compute_dtype
+
 _W_STDDEV = 0.05  # The reference draws every conv and dense weight from N(0, 0.05^2).
 _VAR_EPS = 1e-8
 
@@ -55,13 +57,15 @@ class Conv(nn.Module):
   dtype: Any = jnp.float32
 
   def _apply(self, x, w):
-    x, w = x.astype(self.dtype), w.astype(self.dtype)
+    out_dtype = at_least_float32(x.dtype)
+    dtype = compute_dtype(x.dtype, self.dtype)
+    x, w = x.astype(dtype), w.astype(dtype)
     if self.kernel_size == 1:
       y = jnp.einsum('...c,cd->...d', x, w)
     else:
       y = lax.conv_general_dilated(x, w, (1, 1), 'SAME',
                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return y.astype(jnp.float32)
+    return y.astype(out_dtype)
 
   @nn.compact
   def __call__(self, x):
