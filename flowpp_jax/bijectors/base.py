@@ -21,9 +21,9 @@ import jax.numpy as jnp
 from flowpp_jax.dtypes import at_least_float32
 
 
-def batch_size(x) -> int:
-  """Leading dimension of an array or of the first part of a tuple."""
-  return (x[0] if isinstance(x, tuple) else x).shape[0]
+def first_part(x):
+  """The array itself, or the first part of a tuple: what sets B and the dtype."""
+  return x[0] if isinstance(x, tuple) else x
 
 
 def sum_per_example(a):
@@ -32,7 +32,7 @@ def sum_per_example(a):
 
 
 def zero_log_det(x):
-  first = x[0] if isinstance(x, tuple) else x
+  first = first_part(x)
   return jnp.zeros((first.shape[0],), at_least_float32(first.dtype))
 
 

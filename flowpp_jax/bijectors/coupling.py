@@ -37,8 +37,9 @@ class MixLogisticCoupling(Bijector):
     logits, means, log_scales = jnp.split(h[..., 2:], 3, axis=-1)
     mix = (logits, means, jnp.maximum(log_scales, MIN_LOG_SCALE))
     if inverse:
-      x2 = logistic.mixlogistic_invlogit_cdf((x2 - t) * jnp.exp(-s), *mix)
-      out = x2
+      # From here on x2 is the untransformed side in both directions; the log-det is
+      # evaluated there, and ``out`` is what this call returns.
+      out = x2 = logistic.mixlogistic_invlogit_cdf((x2 - t) * jnp.exp(-s), *mix)
     else:
       out = jnp.exp(s) * logistic.mixlogistic_logit_cdf(x2, *mix) + t
     log_det = (logistic.mixlogistic_logpdf(x2, *mix) - logistic.mixlogistic_logcdf(x2, *mix)
