@@ -74,27 +74,30 @@ def build_layers(flow_cfg, *, checkerboard: str, norm: str, dropout: float,
   return layers + list(last)
 
 
-def output_shape(layout: str, image_shape) -> tuple:
-  """[H, W, C] of a flow's output: each s2d halves H and W and quadruples C."""
+def stage_shapes(layout: str, image_shape):
+  """Yields (kind, [H, W, C] entering the stage) for each stage, then ('out', final shape).
+  Each s2d halves H and W and quadruples C; splits and couplings keep the shape."""
   h, w, c = image_shape
   for kind, _ in parse_layout(layout):
+    yield kind, (h, w, c)
     if kind == 's2d':
       h, w, c = h // 2, w // 2, 4 * c
-  return (h, w, c)
+  yield 'out', (h, w, c)
+
+
+def output_shape(layout: str, image_shape) -> tuple:
+  """[H, W, C] of a flow's output."""
+  return list(stage_shapes(layout, image_shape))[-1][1]
 
 
 def validate_flow_config(name: str, flow_cfg, image_shape) -> None:
   """Raises ValueError naming the field when a flow config cannot describe a valid flow."""
-  stages = parse_layout(flow_cfg.layout)
-  h, w, c = image_shape
-  for kind, _ in stages:
-    if kind == 's2d':
-      if h % 2 or w % 2:
-        raise ValueError(f'{name}.layout: s2d needs even height and width, got {h}x{w}')
-      h, w, c = h // 2, w // 2, 4 * c
-    elif kind == 'checker' and w % 2:
+  for kind, (h, w, c) in stage_shapes(flow_cfg.layout, image_shape):
+    if kind == 's2d' and (h % 2 or w % 2):
+      raise ValueError(f'{name}.layout: s2d needs even height and width, got {h}x{w}')
+    if kind == 'checker' and w % 2:
       raise ValueError(f'{name}.layout: a checkerboard split needs an even width, got {w}')
-    elif kind == 'channel' and c % 2:
+    if kind == 'channel' and c % 2:
       raise ValueError(f'{name}.layout: a channel split needs an even channel count, got {c}')
   if flow_cfg.coupling not in COUPLINGS:
     raise ValueError(f'{name}.coupling must be one of {COUPLINGS}, got {flow_cfg.coupling!r}')
