@@ -1,7 +1,11 @@
-"""Flow++ on CIFAR-10, as the official launcher (31,443,440 parameters; 3.08 bits/dim in the
-paper after 8 GPUs x ~weeks of training).
+"""Flow++ on CIFAR-10 with the official launcher's architecture and training settings
+(31,443,440 parameters).
 
-  python -m flowpp_jax.main --config=configs/cifar10.py --mode=summary
+  python -m flowpp_jax.main --config=configs/cifar10.py --workdir=workdirs/cifar10
+
+Meant for 8 accelerators (the paper used 8 GPUs at 8 images each; the global batch of 64 is
+split over whatever devices JAX sees). Expected test bits/dim: about 3.17 after 400 epochs
+(312,500 steps, the paper's ablation budget) and 3.08 when trained to convergence.
 """
 from flowpp_jax import config_defaults as d
 
@@ -9,6 +13,11 @@ from flowpp_jax import config_defaults as d
 def get_config():
   config = d.base_config()
   config.dataset = 'cifar10'
+  config.batch_size = 64
+  config.init_batch_size = 128
+  config.num_train_steps = 312_500  # 400 epochs
+  config.lr = d.lr_config(peak=3e-4, warmup_steps=2_000)
+  config.optimizer.ema_decay = 0.999
   config.model = d.model_config(
       image_shape=(32, 32, 3), dropout=0.2,
       main=d.flow_config(layout='checker4 s2d channel2 checker3', filters=96, blocks=10,

@@ -1,5 +1,8 @@
 """Shared pieces of the configs in configs/: each config file starts from these and sets
 what the official launcher for its dataset sets."""
+import importlib.util
+import pathlib
+
 import ml_collections
 
 
@@ -35,10 +38,56 @@ def model_config(*, image_shape, main, dequant, dropout: float, num_levels: int 
       checkerboard=checkerboard, compute_dtype=compute_dtype, main=main, dequant=dequant))
 
 
+def lr_config(*, peak: float, warmup_steps: int, decay: str = 'none', decay_start: int = 0,
+              decay_end: int = 0, decay_rate: float = 1.0, final: float = 0.0,
+              drops: str = '') -> ml_collections.ConfigDict:
+  """The learning-rate schedule (see flowpp_jax/optim.py): linear warmup to ``peak``, then
+  optional decay towards ``final`` from ``decay_start`` ('linear' until ``decay_end``, or
+  'exponential' by ``decay_rate`` per step), then the step drops in ``drops``
+  ("STEP=LR,STEP=LR")."""
+  return ml_collections.ConfigDict(dict(
+      peak=peak, warmup_steps=warmup_steps, decay=decay, decay_start=decay_start,
+      decay_end=decay_end, decay_rate=decay_rate, final=final, drops=drops))
+
+
 def base_config() -> ml_collections.ConfigDict:
-  """Fields every config has; the dataset configs fill in ``model`` and override the rest."""
+  """Fields every config has; the dataset configs fill in ``model`` and override the rest.
+
+  The names dataset, batch_size, num_train_steps, seed, log_every_steps, eval_every_steps,
+  checkpoint_every_steps, eval.num_examples and eval.num_iw_samples are fixed: scripts use them.
+  """
   config = ml_collections.ConfigDict()
   config.dataset = ''
+  config.data_dir = ''              # tfds data_dir; '' means tfds' default (~/tensorflow_datasets)
   config.seed = 0
+  config.batch_size = 64            # global, over every device and host
+  config.init_batch_size = 128      # images for the data-dependent init
+  config.num_train_steps = 100_000
+  config.log_every_steps = 100
+  config.eval_every_steps = 5_000
+  config.checkpoint_every_steps = 1_000
+  config.sample_every_steps = 5_000  # 0: never during training
+  config.keep_checkpoints = 3
+  # Official optimiser: Adam, no weight decay, updates from gradients clipped at global norm 1.
+  config.optimizer = ml_collections.ConfigDict(dict(
+      b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0, ema_decay=0.999,
+      max_nonfinite_in_row=20))
+  config.lr = lr_config(peak=3e-4, warmup_steps=2_000)
+  config.eval = ml_collections.ConfigDict(dict(
+      num_examples=0,               # 0: the whole test split
+      num_iw_samples=16,            # K of the importance-weighted bound in --mode=eval
+      batch_size=64,                # global
+      train_num_examples=1_000))    # test images for the periodic ELBO during training
+  config.sample = ml_collections.ConfigDict(dict(num=64, temperature=1.0))
   config.model = ml_collections.ConfigDict()
   return config
+
+
+def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDict:
+  """get_config(*args) of configs/<name>.py, found next to ``this_file``: lets an ablation
+  config start from the config it varies without making configs/ a package."""
+  path = pathlib.Path(this_file).with_name(f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'flowpp_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)

@@ -1,6 +1,12 @@
-"""Command line: python -m flowpp_jax.main --config=configs/X.py [--mode=...] [--config.F=V].
+"""Command line:
 
-Modes: summary (parameter counts; allocates nothing).
+  python -m flowpp_jax.main --config=configs/X.py --workdir=DIR [--config.F=V ...]
+                            [--mode=train|eval|sample|summary]
+
+train: trains (resuming from DIR's latest checkpoint), then evaluates and samples.
+eval: test bits/dim of DIR's latest checkpoint (EMA parameters) -> DIR/eval.json.
+sample: config.sample.num images -> DIR/samples/. summary: parameter counts.
+Bad input prints one `error: ...` line and exits with status 2.
 """
 import sys
 
@@ -12,13 +18,15 @@ from flowpp_jax import summary
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                           lock_config=True)
-_MODE = flags.DEFINE_enum('mode', 'summary', ['summary'], 'What to run.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, samples.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'summary'],
+                          'What to run.')
 
 
-def fail(message: str) -> None:
-  """Prints a one-line error and exits with status 2 (bad input, nothing was changed)."""
+def fail(message: str, status: int = 2) -> None:
+  """Prints a one-line error and exits (status 2: bad input, nothing was changed)."""
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def parse_flags(argv):
@@ -31,18 +39,48 @@ def parse_flags(argv):
     fail(f'bad command line: {e}'.replace('\n', ' '))
 
 
+def run(mode: str, config, workdir: str) -> None:
+  """Runs a mode that needs a workdir; ValueError means bad input."""
+  # Imported here so that summary mode and flag errors stay fast.
+  from flowpp_jax import evaluate, experiment, parallel, sampling, train  # pylint: disable=g-import-not-at-top
+  exp = experiment.Experiment(config, workdir, read_only=mode != 'train')
+  if mode == 'train':
+    try:
+      train.train(exp)
+    except train.NonFiniteError as e:
+      fail(str(e), status=1)
+    return
+  state = exp.restore()
+  if state is None:
+    raise ValueError(f'no checkpoint in {exp.checkpoints.directory}; train first '
+                     '(--mode=train with the same --workdir)')
+  step = int(state.step)
+  if mode == 'eval':
+    evaluate.evaluate_and_report(exp, parallel.replicate(state.ema_params), step)
+  else:
+    samples = sampling.make_sampler(exp.model, config.sample.num)(
+        state.ema_params, config.seed, config.sample.temperature, step)
+    print(f'{len(samples)} samples -> '
+          f'{sampling.save(exp.workdir, step, samples, exp.info.num_levels, config.sample.temperature)}')
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
   try:
     config = _CONFIG.value
-    model_lib.validate_config(config.model)
   except OSError as e:
     fail(str(e).splitlines()[0] + f' ({flags.FLAGS["config"].serialize()} not found?)')
+  try:
+    model_lib.validate_config(config.model)
+    if _MODE.value == 'summary':
+      summary.print_summary(config.model)
+      return
+    if not _WORKDIR.value:
+      fail(f'--workdir is required for --mode={_MODE.value}')
+    run(_MODE.value, config, _WORKDIR.value)
   except ValueError as e:
-    fail(f'{e} (fix the config file or its --config override)')
-  if _MODE.value == 'summary':
-    summary.print_summary(config.model)
+    fail(f'{e}'.splitlines()[0])
 
 
 if __name__ == '__main__':

@@ -12,8 +12,8 @@ def bits_per_dim(log_likelihood, num_dims: int):
   return -log_likelihood / (num_dims * np.log(2.0))
 
 
-def iw_log_likelihood(model, variables, images, rng, num_samples: int):
-  """Importance-weighted lower bound on log P(x), [B] nats, from ``num_samples`` draws of u.
+def log_weights(model, variables, images, rng, num_samples: int):
+  """log p(x + u_k) - log q(u_k | x), [num_samples, B] nats, for num_samples draws of u.
 
   images: uint8 [B, H, W, C]. The draws run one after another (lax.map), so memory stays
   that of one forward pass whatever ``num_samples`` is.
@@ -21,6 +21,14 @@ def iw_log_likelihood(model, variables, images, rng, num_samples: int):
   def log_weight(key):
     out = model.apply(variables, images, key)
     return out['log_px'] - out['log_qu']
+  return jax.lax.map(log_weight, jax.random.split(rng, num_samples))
 
-  log_w = jax.lax.map(log_weight, jax.random.split(rng, num_samples))
-  return jax.nn.logsumexp(log_w, axis=0) - jnp.log(num_samples)
+
+def iw_bound(log_w):
+  """[K, B] log weights -> [B] importance-weighted bound log (1/K) sum_k exp(log_w)."""
+  return jax.nn.logsumexp(log_w, axis=0) - jnp.log(log_w.shape[0])
+
+
+def iw_log_likelihood(model, variables, images, rng, num_samples: int):
+  """Importance-weighted lower bound on log P(x), [B] nats, from ``num_samples`` draws of u."""
+  return iw_bound(log_weights(model, variables, images, rng, num_samples))

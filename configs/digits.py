@@ -1,0 +1,48 @@
+"""Flow++ on scikit-learn's digits (8x8 grayscale, 17 levels): the default job, which needs no
+download and trains on a 2-core CPU in minutes.
+
+  python -m flowpp_jax.main --config=configs/digits.py --workdir=workdirs/digits
+
+The architecture is the CIFAR-10 one scaled down (same layout, smaller conditioners). See the
+README's results table for the test bits/dim it reaches and the wall time on a 2-core CPU; a
+uniform model of 17 levels scores log2(17) = 4.09 bits/dim.
+
+``--config=configs/digits.py:tiny`` is a seconds-long smoke version that the tests use.
+"""
+from flowpp_jax import config_defaults as d
+
+
+def get_config(variant: str = ''):
+  config = d.base_config()
+  config.dataset = 'digits'
+  config.batch_size = 64
+  config.init_batch_size = 128
+  config.num_train_steps = 1_500
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 250
+  config.sample_every_steps = 500
+  config.lr = d.lr_config(peak=2e-3, warmup_steps=100)
+  config.optimizer.ema_decay = 0.99
+  config.eval.num_examples = 0
+  config.eval.num_iw_samples = 64
+  config.eval.batch_size = 120
+  config.eval.train_num_examples = 360
+  config.sample.num = 64
+  net = dict(filters=32, blocks=2, components=8, heads=2, pointwise=True)
+  config.model = d.model_config(
+      image_shape=(8, 8, 1), num_levels=17, dropout=0.1,
+      main=d.flow_config(layout='checker4 s2d channel2 checker3', **net),
+      dequant=d.dequant_config(layout='checker2', context_features=16, context_blocks=1,
+                               context_layer_norm=False, context_mixer='none', **net))
+  if variant == 'tiny':
+    tiny = dict(filters=8, blocks=1, components=4)
+    config.model.main.update(layout='checker2 s2d channel1', **tiny)
+    config.model.dequant.update(layout='checker1', context_features=8, **tiny)
+    config.update(batch_size=16, init_batch_size=16, num_train_steps=6, log_every_steps=2,
+                  eval_every_steps=3, checkpoint_every_steps=3, sample_every_steps=6)
+    config.eval.update(num_examples=40, num_iw_samples=4, batch_size=20, train_num_examples=40)
+    config.sample.num = 16
+  elif variant:
+    raise ValueError(f'configs/digits.py knows the variant "tiny", got {variant!r}')
+  return config

@@ -1,0 +1,97 @@
+"""Orbax checkpoints of the TrainState in WORKDIR/checkpoints/<step>/, with the model config
+stored beside the arrays so that a workdir cannot be resumed with another architecture.
+
+Nothing here deletes or overwrites a checkpoint except orbax's rotation of old ones after a
+newer save (``keep``); a step that already exists is never saved again. Saves are written to a
+temporary directory and renamed when complete, so a process killed mid-save leaves the previous
+checkpoints intact.
+"""
+import json
+import pathlib
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used: unreadable, or of another architecture."""
+
+
+def model_signature(model_cfg) -> dict:
+  """The model config as plain JSON data: equal signatures mean interchangeable checkpoints."""
+  return json.loads(model_cfg.to_json())
+
+
+class Checkpoints:
+  """The checkpoints of one workdir. Every process must create it and call save/restore
+  (orbax coordinates them; only the primary host writes metadata)."""
+
+  def __init__(self, workdir, *, keep: int = 3, read_only: bool = False):
+    self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'meta'))
+
+  def latest_step(self):
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state, meta: dict) -> bool:
+    """Starts an asynchronous save of ``state`` (host arrays) at ``step``; False if that step
+    already has a checkpoint (it is kept as it is)."""
+    if step in self._manager.all_steps():
+      return False
+    tree = flax.serialization.to_state_dict(state)
+    return self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    """Blocks until the pending save is complete on disk."""
+    self._manager.wait_until_finished()
+
+  def read_meta(self, step: int) -> dict:
+    try:
+      return self._manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # orbax raises many types for a damaged directory
+      raise self._unreadable(step, e) from e
+
+  def restore(self, step: int, abstract_state, model_cfg):
+    """The TrainState at ``step``, as host numpy arrays shaped like ``abstract_state``.
+
+    Raises CheckpointError if the checkpoint holds another architecture or cannot be read.
+    """
+    meta = self.read_meta(step)
+    if meta.get('model') != model_signature(model_cfg):
+      raise CheckpointError(
+          f'{self.directory / str(step)} holds a model of another architecture than the '
+          f'config; use a new --workdir, or the config the run was started with '
+          f'({pathlib.Path(self.directory).parent / "config.json"})')
+    target = flax.serialization.to_state_dict(abstract_state)
+    target = jax.tree_util.tree_map(
+        lambda x: np.zeros(x.shape, x.dtype), target)
+    try:
+      tree = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
+    except Exception as e:
+      raise self._unreadable(step, e) from e
+    restored_shapes = jax.tree_util.tree_map(np.shape, tree)
+    if restored_shapes != jax.tree_util.tree_map(np.shape, target):
+      raise self._unreadable(step, 'its arrays do not have the shapes of the model')
+    return flax.serialization.from_state_dict(abstract_state, tree)
+
+  def _unreadable(self, step, reason) -> CheckpointError:
+    first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason)
+    return CheckpointError(
+        f'checkpoint {self.directory / str(step)} is unreadable ({first_line}); move it out '
+        f'of {self.directory} to resume from an earlier one, or use a new --workdir')
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,98 @@
+"""The official optimisation: Adam on gradients clipped at a global norm, a learning-rate
+schedule with linear warmup, and a Polyak (exponential moving) average of the parameters.
+
+The learning rate is applied outside optax, from the train step's own step counter, so that a
+skipped (non-finite) update does not shift the schedule.
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+DECAYS = ('none', 'linear', 'exponential')
+
+
+def parse_drops(drops: str) -> list:
+  """"230000=1e-5,280000=1e-6" -> [(230000, 1e-5), (280000, 1e-6)], sorted by step."""
+  pairs = []
+  for item in filter(None, (part.strip() for part in drops.split(','))):
+    step, sep, value = item.partition('=')
+    try:
+      if not sep:
+        raise ValueError
+      pairs.append((int(step), float(value)))
+    except ValueError:
+      raise ValueError(f'lr.drops must look like "STEP=LR,STEP=LR", got {drops!r}') from None
+  return sorted(pairs)
+
+
+def validate_lr_config(cfg) -> None:
+  """Raises ValueError naming the field when the schedule is malformed."""
+  if not cfg.peak > 0:
+    raise ValueError(f'lr.peak must be > 0, got {cfg.peak}')
+  if cfg.warmup_steps < 0:
+    raise ValueError(f'lr.warmup_steps must be >= 0, got {cfg.warmup_steps}')
+  if cfg.decay not in DECAYS:
+    raise ValueError(f'lr.decay must be one of {DECAYS}, got {cfg.decay!r}')
+  if cfg.decay == 'linear' and cfg.decay_end <= cfg.decay_start:
+    raise ValueError(f'lr.decay_end ({cfg.decay_end}) must be after lr.decay_start '
+                     f'({cfg.decay_start})')
+  if cfg.decay == 'exponential' and not 0 < cfg.decay_rate <= 1:
+    raise ValueError(f'lr.decay_rate must be in (0, 1], got {cfg.decay_rate}')
+  if cfg.decay != 'none' and not 0 <= cfg.final <= cfg.peak:
+    raise ValueError(f'lr.final must be in [0, lr.peak], got {cfg.final}')
+  if any(value < 0 for _, value in parse_drops(cfg.drops)):
+    raise ValueError(f'lr.drops must be non-negative learning rates, got {cfg.drops!r}')
+
+
+def learning_rate_schedule(cfg):
+  """step (int, the number of updates done) -> learning rate, float32.
+
+  ImageNet64's official schedule (warmup, hold, linear decay, hold, then 1e-5 and 1e-6) has
+  holes at exact boundaries and a negative stretch; this one is the intended shape.
+  """
+  validate_lr_config(cfg)
+  drops = parse_drops(cfg.drops)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    # (step + 1): the first update already uses a non-zero rate.
+    warmup = jnp.minimum(1.0, (step + 1.0) / max(cfg.warmup_steps, 1))
+    since = jnp.maximum(step - cfg.decay_start, 0.0)
+    if cfg.decay == 'linear':
+      frac = jnp.minimum(since / (cfg.decay_end - cfg.decay_start), 1.0)
+      lr = cfg.peak + frac * (cfg.final - cfg.peak)
+    elif cfg.decay == 'exponential':
+      lr = jnp.maximum(cfg.peak * jnp.power(cfg.decay_rate, since), cfg.final)
+    else:
+      lr = jnp.asarray(cfg.peak, jnp.float32)
+    lr = lr * warmup
+    for drop_step, value in drops:
+      lr = jnp.where(step >= drop_step, value, lr)
+    return lr
+  return schedule
+
+
+def validate_optimizer_config(cfg) -> None:
+  if not (0 <= cfg.b1 < 1 and 0 <= cfg.b2 < 1):
+    raise ValueError(f'optimizer.b1 and b2 must be in [0, 1), got {cfg.b1}, {cfg.b2}')
+  if not cfg.eps > 0:
+    raise ValueError(f'optimizer.eps must be > 0, got {cfg.eps}')
+  if not cfg.grad_clip_norm > 0:
+    raise ValueError(f'optimizer.grad_clip_norm must be > 0, got {cfg.grad_clip_norm}')
+  if not 0 <= cfg.ema_decay < 1:
+    raise ValueError(f'optimizer.ema_decay must be in [0, 1), got {cfg.ema_decay}')
+  if cfg.max_nonfinite_in_row < 1:
+    raise ValueError(f'optimizer.max_nonfinite_in_row must be >= 1, '
+                     f'got {cfg.max_nonfinite_in_row}')
+
+
+def adam_direction(cfg) -> optax.GradientTransformation:
+  """Clipped gradients -> Adam's update direction; the train step scales it by -lr."""
+  validate_optimizer_config(cfg)
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm),
+                     optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+
+
+def ema_update(ema, params, decay: float):
+  """Polyak average: ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

@@ -1,0 +1,33 @@
+"""Moving host data onto the local devices for ``jax.pmap`` and back."""
+import jax
+import numpy as np
+
+# The one pmap axis name: arrays placed by one pmap are reused by the others without re-placing
+# or recompiling only when the axis names agree.
+AXIS = 'batch'
+
+
+def shard(x):
+  """Host array [n, ...] -> [local_devices, n / local_devices, ...] (pmap splits axis 0)."""
+  x = np.asarray(x)
+  devices = jax.local_device_count()
+  return x.reshape(devices, x.shape[0] // devices, *x.shape[1:])
+
+
+def replicate(tree):
+  """Host ``tree`` -> one copy per local device, stacked on a leading axis, placed as pmap
+  places its outputs (so a pmapped step compiles once whether it gets these or its own
+  outputs)."""
+  devices = jax.local_device_count()
+  # broadcast_to is a view: no host copies; the identity pmap moves one copy to each device.
+  stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (devices, *np.shape(x))), tree)
+  return jax.pmap(lambda x: x, axis_name=AXIS)(stacked)
+
+
+def unreplicate(tree):
+  """The first device's copy of a replicated tree, as host numpy arrays."""
+  def first(x):
+    data = np.asarray(x.addressable_data(0))
+    # pmap built on shard_map keeps the device axis (size 1) in each shard; the old one not.
+    return data[0] if data.ndim == x.ndim else data
+  return jax.tree_util.tree_map(first, tree)

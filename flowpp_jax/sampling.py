@@ -1,0 +1,30 @@
+"""``--mode=sample``: images from the EMA parameters, saved as a PNG grid and a raw array in
+WORKDIR/samples/."""
+import jax
+import numpy as np
+
+from flowpp_jax import images as images_lib
+
+SAMPLE_TAG = 3
+
+
+def make_sampler(model, n: int):
+  """(params, seed, temperature, step) -> n uint8 images [n, H, W, C], compiled once; the same
+  (seed, step) gives the same images."""
+  sample = jax.jit(lambda params, key, temperature: model.apply(
+      {'params': params}, key, n, temperature, method=model.sample))
+
+  def draw(params, seed: int, temperature: float, step: int = 0):
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_TAG), step)
+    return np.asarray(sample(params, key, np.float32(temperature)))
+  return draw
+
+
+def save(workdir, step: int, samples, num_levels: int, temperature: float):
+  """WORKDIR/samples/step_<step>_t<T>.png (+ .npy); returns the PNG path (process 0 only)."""
+  if jax.process_index() != 0:
+    return None
+  height = samples.shape[1]
+  return images_lib.save_samples(
+      f'{workdir}/samples', f'step_{step:08d}_t{temperature:g}', samples, num_levels,
+      scale=max(1, 64 // height))

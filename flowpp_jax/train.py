@@ -1,0 +1,157 @@
+"""``--mode=train``: the training loop.
+
+Starts from the latest checkpoint in the workdir when there is one, otherwise from a
+data-dependent init. Data order and randomness are functions of (seed, step, example
+position), so a run killed at any moment and started again with the same command ends with the
+same parameters and metrics as an uninterrupted one. SIGTERM saves a checkpoint, then exits.
+"""
+import functools
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from flowpp_jax import evaluate, input_pipeline, parallel, reporting, sampling, steps
+
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class NonFiniteError(RuntimeError):
+  """Too many non-finite losses in a row: training diverged."""
+
+
+class _Preemption:
+  """Remembers a SIGTERM so the loop can save a checkpoint before exiting."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _start(exp, say):
+  """The state to start from: the latest checkpoint, or a fresh data-dependent init."""
+  state = exp.restore()
+  if state is not None:
+    say(f'resuming from {exp.checkpoints.directory}/{int(state.step)}')
+    return state
+  say(f'data-dependent init on {exp.config.init_batch_size} training images')
+  start = time.perf_counter()
+  state = exp.init_state()
+  say(f'init done in {time.perf_counter() - start:.1f} s')
+  return state
+
+
+def train(exp) -> steps.TrainState:
+  """Trains to config.num_train_steps, then evaluates and samples. Returns the final state
+  (host arrays)."""
+  config = exp.config
+  say = print if jax.process_index() == 0 else lambda *_: None
+  state = _start(exp, say)
+  exp.write_config()
+  start_step = int(state.step)
+  reporter = reporting.Reporter(exp.workdir, total_steps=config.num_train_steps,
+                                resume_step=start_step)
+  p_train = jax.pmap(
+      functools.partial(steps.train_step, model=exp.model, direction=exp.direction,
+                        schedule=exp.schedule, ema_decay=config.optimizer.ema_decay,
+                        seed=config.seed),
+      axis_name=steps.AXIS, donate_argnums=(0,))
+  periodic_eval = evaluate.make_evaluator(exp, num_samples=1)
+  periodic_examples = min(config.eval.train_num_examples, len(exp.source('test')))
+  sampler = sampling.make_sampler(exp.model, config.sample.num)
+  batches = input_pipeline.TrainBatches(exp.source('train'), config.batch_size, config.seed,
+                                        jax.process_index(), jax.process_count())
+  p_state = parallel.replicate(state)
+  preemption = _Preemption()
+  reporter.say(f'training steps {start_step}..{config.num_train_steps} on '
+               f'{jax.device_count()} {jax.devices()[0].platform} device(s), global batch '
+               f'{config.batch_size}; workdir {exp.workdir}')
+  previous_metrics = None
+  first_step_start = time.perf_counter()
+  try:
+    for step, images, positions in batches.iterate(start_step):
+      if step >= config.num_train_steps:
+        break
+      p_state, metrics = p_train(p_state, parallel.shard(images),
+                                 parallel.shard(positions.astype(np.int32)))
+      done = step + 1
+      if done == start_step + 1:
+        jax.block_until_ready(metrics)
+        reporter.say(f'first step (compile + run): {time.perf_counter() - first_step_start:.1f} s')
+        reporter.start_clock(done)  # throughput and ETA exclude compilation
+      # Checked one step late so that the host does not wait for the step just dispatched.
+      if previous_metrics is not None:
+        _check_finite(previous_metrics, config.optimizer.max_nonfinite_in_row, done - 1)
+      previous_metrics = metrics
+      if done % config.log_every_steps == 0 or done == config.num_train_steps:
+        _log(reporter, done, metrics, config)
+      if done % config.eval_every_steps == 0 or done == config.num_train_steps:
+        result = periodic_eval(p_state.ema_params, periodic_examples)
+        reporter.write(done, {'eval_bpd': result['bpd']})
+        reporter.say(f'step {done}: eval {result["bpd"]:.4f} bits/dim (EMA, ELBO, '
+                     f'{result["num_examples"]} test images)')
+        reporter.rates(done, 0)  # evaluation time is not training throughput
+      # (the final step's samples are drawn after the loop)
+      if (config.sample_every_steps and done % config.sample_every_steps == 0
+          and done < config.num_train_steps):
+        _sample(exp, sampler, p_state.ema_params, done, reporter)
+        reporter.rates(done, 0)
+      if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps \
+          or preemption.requested:
+        exp.save(parallel.unreplicate(p_state))
+      if preemption.requested:
+        exp.checkpoints.wait()
+        reporter.say(f'SIGTERM: saved the checkpoint of step {done}; run the same command '
+                     'to resume')
+        reporter.close()
+        sys.exit(PREEMPTED_EXIT_CODE)
+    if previous_metrics is not None:
+      _check_finite(previous_metrics, config.optimizer.max_nonfinite_in_row,
+                    config.num_train_steps)
+  finally:
+    preemption.restore()
+    exp.checkpoints.wait()
+  reporter.close()
+  state = parallel.unreplicate(p_state)
+  step = int(state.step)
+  evaluate.evaluate_and_report(exp, p_state.ema_params, step)
+  _sample(exp, sampler, p_state.ema_params, step, reporter)
+  return state
+
+
+def _check_finite(metrics, limit: int, step: int) -> None:
+  in_row = int(parallel.unreplicate(metrics['nonfinite_in_row']))
+  if in_row >= limit:
+    raise NonFiniteError(
+        f'{in_row} non-finite losses in a row up to step {step} (updates were skipped, so the '
+        f'parameters are finite); lower --config.lr.peak or raise '
+        f'--config.optimizer.max_nonfinite_in_row, and resume from the last checkpoint')
+
+
+def _log(reporter, step: int, metrics, config) -> None:
+  values = parallel.unreplicate(metrics)
+  row = {'train_bpd': values['train_bpd'], 'lr': values['lr'],
+         'grad_norm': values['grad_norm'], 'nonfinite_total': values['nonfinite_total'],
+         **reporter.rates(step, config.batch_size)}
+  reporter.write(step, row)
+  reporter.say(f'step {step}/{config.num_train_steps}  train {row["train_bpd"]:.4f} bits/dim  '
+               f'lr {row["lr"]:.2e}  |g| {row["grad_norm"]:.3f}  '
+               f'{row["steps_per_s"]:.2f} steps/s  ETA {reporter.eta(step)}')
+
+
+def _sample(exp, sampler, p_ema_params, step: int, reporter) -> None:
+  config = exp.config
+  ema_params = jax.tree_util.tree_map(lambda x: x[0], p_ema_params)
+  samples = sampler(ema_params, config.seed, config.sample.temperature, step)
+  path = sampling.save(exp.workdir, step, samples, exp.info.num_levels,
+                       config.sample.temperature)
+  reporter.say(f'step {step}: {len(samples)} samples at temperature '
+               f'{config.sample.temperature:g} -> {path}')
