@@ -39,8 +39,8 @@ def get_config(variant: str = ''):
     tiny = dict(filters=8, blocks=1, components=4)
     config.model.main.update(layout='checker2 s2d channel1', **tiny)
     config.model.dequant.update(layout='checker1', context_features=8, **tiny)
-    config.update(batch_size=16, init_batch_size=16, num_train_steps=6, log_every_steps=2,
-                  eval_every_steps=3, checkpoint_every_steps=3, sample_every_steps=6)
+    config.update(batch_size=16, init_batch_size=16, num_train_steps=24, log_every_steps=4,
+                  eval_every_steps=12, checkpoint_every_steps=6, sample_every_steps=12)
     config.eval.update(num_examples=40, num_iw_samples=4, batch_size=20, train_num_examples=40)
     config.sample.num = 16
   elif variant:

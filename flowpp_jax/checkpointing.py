@@ -6,8 +6,11 @@ newer save (``keep``); a step that already exists is never saved again. Saves ar
 temporary directory and renamed when complete, so a process killed mid-save leaves the previous
 checkpoints intact.
 """
+import contextlib
+import io
 import json
 import pathlib
+import time
 
 import flax.serialization
 import jax
@@ -30,9 +33,12 @@ class Checkpoints:
 
   def __init__(self, workdir, *, keep: int = 3, read_only: bool = False):
     self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=True)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'meta'))
 
@@ -77,18 +83,25 @@ class Checkpoints:
     target = flax.serialization.to_state_dict(abstract_state)
     target = jax.tree_util.tree_map(
         lambda x: np.zeros(x.shape, x.dtype), target)
-    try:
-      tree = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))['state']
-    except Exception as e:
-      raise self._unreadable(step, e) from e
+    # A damaged file fails one read while tensorstore's other reads are still in flight; their
+    # callbacks then hit orbax's closed event loop and print a traceback each. Keep those off
+    # the console: the one CheckpointError says what happened.
+    with contextlib.redirect_stderr(io.StringIO()):
+      try:
+        tree = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))['state']
+      except Exception as e:
+        time.sleep(1.0)  # let the in-flight callbacks finish while stderr is redirected
+        raise self._unreadable(step, e) from e
     restored_shapes = jax.tree_util.tree_map(np.shape, tree)
     if restored_shapes != jax.tree_util.tree_map(np.shape, target):
       raise self._unreadable(step, 'its arrays do not have the shapes of the model')
     return flax.serialization.from_state_dict(abstract_state, tree)
 
   def _unreadable(self, step, reason) -> CheckpointError:
-    first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason)
+    text = str(reason).strip() or type(reason).__name__
+    # The first line, without tensorstore's JSON spec dumps.
+    first_line = text.splitlines()[0].split(' [')[0][:300]
     return CheckpointError(
         f'checkpoint {self.directory / str(step)} is unreadable ({first_line}); move it out '
         f'of {self.directory} to resume from an earlier one, or use a new --workdir')

@@ -59,8 +59,9 @@ def validate_run_config(config, device_count: int) -> None:
 class Experiment:
   """One config and one workdir."""
 
-  def __init__(self, config, workdir, *, read_only: bool = False):
-    validate_run_config(config, jax.device_count())
+  def __init__(self, config, workdir, *, read_only: bool = False, device_count=None):
+    """device_count: the devices batches must divide over (default: all JAX sees)."""
+    validate_run_config(config, device_count or jax.device_count())
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.info = datasets.DATASETS[config.dataset]

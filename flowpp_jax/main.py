@@ -10,7 +10,7 @@ Bad input prints one `error: ...` line and exits with status 2.
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flowpp_jax import model as model_lib
@@ -42,8 +42,17 @@ def parse_flags(argv):
 def run(mode: str, config, workdir: str) -> None:
   """Runs a mode that needs a workdir; ValueError means bad input."""
   # Imported here so that summary mode and flag errors stay fast.
-  from flowpp_jax import evaluate, experiment, parallel, sampling, train  # pylint: disable=g-import-not-at-top
+  from flowpp_jax import experiment  # pylint: disable=g-import-not-at-top
   exp = experiment.Experiment(config, workdir, read_only=mode != 'train')
+  try:
+    run_experiment(mode, exp)
+  finally:
+    exp.checkpoints.close()  # joins orbax's threads before any exit
+
+
+def run_experiment(mode: str, exp) -> None:
+  from flowpp_jax import evaluate, parallel, sampling, train  # pylint: disable=g-import-not-at-top
+  config = exp.config
   if mode == 'train':
     try:
       train.train(exp)
@@ -65,6 +74,9 @@ def run(mode: str, config, workdir: str) -> None:
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:
+    # orbax logs every save, and tfds every missing metadata file: errors print one line.
+    logging.set_verbosity(logging.ERROR)
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
   try:

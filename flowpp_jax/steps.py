@@ -75,7 +75,7 @@ def train_step(state: TrainState, images, positions, *, model, direction, schedu
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   loss, grads = jax.lax.pmean((loss, grads), AXIS)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   lr = schedule(state.step)
   direction_updates, opt_state = direction.update(grads, state.opt_state, state.params)

@@ -53,6 +53,7 @@ def train(exp) -> steps.TrainState:
   """Trains to config.num_train_steps, then evaluates and samples. Returns the final state
   (host arrays)."""
   config = exp.config
+  train_source, test_source = exp.source('train'), exp.source('test')  # fail early if missing
   say = print if jax.process_index() == 0 else lambda *_: None
   state = _start(exp, say)
   exp.write_config()
@@ -65,9 +66,9 @@ def train(exp) -> steps.TrainState:
                         seed=config.seed),
       axis_name=steps.AXIS, donate_argnums=(0,))
   periodic_eval = evaluate.make_evaluator(exp, num_samples=1)
-  periodic_examples = min(config.eval.train_num_examples, len(exp.source('test')))
+  periodic_examples = min(config.eval.train_num_examples, len(test_source))
   sampler = sampling.make_sampler(exp.model, config.sample.num)
-  batches = input_pipeline.TrainBatches(exp.source('train'), config.batch_size, config.seed,
+  batches = input_pipeline.TrainBatches(train_source, config.batch_size, config.seed,
                                         jax.process_index(), jax.process_count())
   p_state = parallel.replicate(state)
   preemption = _Preemption()

@@ -1,15 +1,38 @@
 """Shared fixtures: tiny model configs that exercise every part of the real architecture."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # The suite's time is almost all XLA:CPU compilation; LLVM's optimisation passes are most of
 # that (a tiny model's init compiles in 10 s instead of 24 s without them) and change no
 # result the tests check. Set before JAX creates its CPU backend.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
+# The trainer tests start several processes that compile the same programs: a persistent
+# compilation cache, shared through the environment, compiles each program once per session.
+_CACHE_DIR = tempfile.mkdtemp(prefix='flowpp_jax_tests_jax_cache_')
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE_DIR)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
-import jax  # pylint: disable=g-import-not-at-top
+import importlib.util  # pylint: disable=g-import-not-at-top
+import pathlib
+
+import jax
 import pytest
 
 from flowpp_jax import config_defaults as d
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name, *args):
+  """get_config(*args) of configs/<name>.py."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
 
 
 def tiny_model_config(image_shape=(8, 8, 3), *, num_levels=256, main_layout='checker2 s2d channel1',

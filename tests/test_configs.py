@@ -1,6 +1,5 @@
 """The reference architectures: parameter counts equal the official launchers' exactly, and
 the command line's summary mode reports them (and rejects bad input) as documented."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,16 +9,9 @@ import sys
 import pytest
 
 from flowpp_jax import summary
+from conftest import ROOT, load_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 OFFICIAL = {'cifar10': 31_443_440, 'imagenet32': 168_955_724, 'imagenet64': 73_489_960}
-
-
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL))

@@ -1,0 +1,97 @@
+"""The Python API of a trained run: ``flowpp_jax.load(workdir)``.
+
+  model = flowpp_jax.load('workdirs/digits')
+  nats = model.log_prob(images, seed=0, num_iw_samples=64)   # uint8 [B, H, W, C] -> [B]
+  images = model.sample(16, seed=0, temperature=1.0)         # uint8 [16, H, W, C]
+  assert (model.decode(model.encode(images, seed=0)) == images).all()
+
+Everything uses the EMA parameters of the run's latest checkpoint (or of ``step``).
+"""
+import functools
+
+import jax
+import numpy as np
+
+from flowpp_jax import experiment, objective, sampling, steps
+
+
+class TrainedModel:
+  """A FlowPlusPlus with the EMA parameters of one checkpoint. Methods take and return numpy
+  arrays; wrong dtypes or shapes raise ValueError."""
+
+  def __init__(self, workdir, step=None):
+    self.config = experiment.load_config(workdir)
+    exp = experiment.Experiment(self.config, workdir, read_only=True, device_count=1)
+    state = exp.restore(step)
+    if state is None:
+      raise ValueError(f'no checkpoint in {exp.checkpoints.directory}')
+    self.step = int(state.step)
+    self.model = exp.model
+    self.params = jax.device_put(state.ema_params)
+    self._log_weights = jax.jit(functools.partial(steps.log_weights, self.model),
+                                static_argnames='num_samples')
+    self._encode = jax.jit(lambda params, x, key: self.model.apply(
+        {'params': params}, x, key, method=self.model.encode))
+    self._decode = jax.jit(lambda params, z: self.model.apply(
+        {'params': params}, z, method=self.model.decode))
+    self._samplers = {}
+
+  @property
+  def image_shape(self) -> tuple:
+    return tuple(self.config.model.image_shape)
+
+  @property
+  def latent_shape(self) -> tuple:
+    return self.model.latent_shape
+
+  def log_prob(self, images, seed: int = 0, num_iw_samples: int = 1):
+    """images uint8 [B, H, W, C] -> float64 [B]: the importance-weighted lower bound on
+    log P(x) in nats with K = num_iw_samples dequantization draws (K = 1: the ELBO).
+    Image i's draws depend only on (seed, i)."""
+    images = self._check_images(images)
+    if num_iw_samples < 1:
+      raise ValueError(f'num_iw_samples must be >= 1, got {num_iw_samples}')
+    keys = steps.example_keys(seed, steps.EVAL_TAG, np.arange(len(images)))
+    log_w = self._log_weights(self.params, images, keys, num_samples=int(num_iw_samples))
+    return np.asarray(objective.iw_bound(log_w), np.float64)
+
+  def bpd(self, images, seed: int = 0, num_iw_samples: int = 1):
+    """Bits per dimension [B] of the bound in log_prob."""
+    return objective.bits_per_dim(self.log_prob(images, seed, num_iw_samples),
+                                  int(np.prod(self.image_shape)))
+
+  def sample(self, n: int, seed: int = 0, temperature: float = 1.0):
+    """n uint8 images [n, H, W, C] from z ~ N(0, temperature^2 I)."""
+    if n < 1 or not temperature > 0:
+      raise ValueError(f'need n >= 1 and temperature > 0, got {n}, {temperature}')
+    if n not in self._samplers:
+      self._samplers[n] = sampling.make_sampler(self.model, n)
+    return self._samplers[n](self.params, seed, temperature)
+
+  def encode(self, images, seed: int = 0):
+    """images uint8 [B, H, W, C] -> latents float32 [B, *latent_shape]; decode inverts it
+    exactly."""
+    images = self._check_images(images)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), steps.EVAL_TAG)
+    return np.asarray(self._encode(self.params, images, key))
+
+  def decode(self, z):
+    """latents [B, *latent_shape] -> uint8 images [B, H, W, C]."""
+    z = np.asarray(z)
+    if not np.issubdtype(z.dtype, np.floating):
+      raise ValueError(f'latents must be floating point, got {z.dtype}')
+    self.model.check_latents(z)
+    return np.asarray(self._decode(self.params, z.astype(np.float32)))
+
+  def _check_images(self, images):
+    images = np.asarray(images)
+    self.model.check_images(images)
+    if images.max(initial=0) >= self.config.model.num_levels:
+      raise ValueError(f'image values must be < num_levels = {self.config.model.num_levels}, '
+                       f'got {images.max()}')
+    return images
+
+
+def load(workdir, step=None) -> TrainedModel:
+  """The trained model in ``workdir`` (a --workdir of ``--mode=train``)."""
+  return TrainedModel(workdir, step)

@@ -1,0 +1,290 @@
+"""The trainer end to end, as users run it: train, eval, sample and the Python API on digits;
+exact resume after SIGTERM and kill -9; and a real train step through the tfds reader."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import flowpp_jax
+from flowpp_jax import datasets, experiment, train
+from conftest import ROOT, load_config, tiny_model_config
+
+TINY = '--config=configs/digits.py:tiny'
+TIMING_KEYS = ('steps_per_s', 'examples_per_s')
+
+
+def command(workdir, *args):
+  return [sys.executable, '-m', 'flowpp_jax.main', TINY, f'--workdir={workdir}', *args]
+
+
+def cli(workdir, *args, env=None):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
+  return subprocess.run(command(workdir, *args), cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """An uninterrupted run of the tiny digits config (24 steps)."""
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  result = cli(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result.stdout
+
+
+def read_rows(workdir):
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def final_state(workdir):
+  exp = experiment.Experiment(load_config('digits', 'tiny'), workdir, read_only=True)
+  return exp.restore()
+
+
+def test_train_writes_metrics_eval_and_samples(trained):
+  workdir, stdout = trained
+  rows = read_rows(workdir)
+  train_rows = [r for r in rows if 'train_bpd' in r]
+  assert [r['step'] for r in train_rows] == [4, 8, 12, 16, 20, 24]
+  for row in train_rows:
+    assert {'lr', 'grad_norm', 'steps_per_s', 'examples_per_s', 'nonfinite_total'} <= set(row)
+    assert np.isfinite(row['train_bpd']) and row['nonfinite_total'] == 0
+  assert [r['step'] for r in rows if 'eval_bpd' in r] == [12, 24]
+  result = json.loads((workdir / 'eval.json').read_text())
+  assert set(result) == {'step', 'bpd', 'bpd_iw', 'num_examples', 'num_iw_samples'}
+  assert (result['step'], result['num_examples'], result['num_iw_samples']) == (24, 40, 4)
+  # Same draws: log-mean-exp >= mean-log (Jensen), so the IW bound is never worse.
+  assert result['bpd_iw'] <= result['bpd'] < np.log2(17) + 1
+  assert 'ETA' in stdout and 'bits/dim' in stdout
+  samples = np.load(workdir / 'samples' / 'step_00000024_t1.npy')
+  assert samples.dtype == np.uint8 and samples.shape == (16, 8, 8, 1) and samples.max() <= 16
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = np.asarray(Image.open(workdir / 'samples' / 'step_00000024_t1.png'))
+  assert grid.shape == (4 * 9 * 8 + 8, 4 * 9 * 8 + 8)  # 4x4 tiles of 8x8, x8, 1 pixel gaps
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [12, 18, 24]
+  state = final_state(workdir)
+  assert int(state.step) == 24
+  pairs = zip(jax.tree_util.tree_leaves(state.ema_params),
+              jax.tree_util.tree_leaves(state.params))
+  assert not all(np.array_equal(ema, p) for ema, p in pairs)  # the EMA lags the parameters
+
+
+def test_eval_is_deterministic_and_agrees_with_the_api(trained):
+  workdir, _ = trained
+  before = json.loads((workdir / 'eval.json').read_text())
+  result = cli(workdir, '--mode=eval')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((workdir / 'eval.json').read_text()) == before
+  assert f'{before["bpd_iw"]:.4f}' in result.stdout
+  # The API draws image i's dequantization noise from (seed, i) exactly as eval does.
+  model = flowpp_jax.load(workdir)
+  images = datasets.load_split('digits', 'test')[np.arange(40)]
+  bpd_iw = model.bpd(images, seed=0, num_iw_samples=4)
+  assert bpd_iw.shape == (40,)
+  np.testing.assert_allclose(bpd_iw.mean(), before['bpd_iw'], rtol=1e-5)
+
+
+def test_sample_mode_writes_grid_and_array(trained):
+  workdir, _ = trained
+  result = cli(workdir, '--mode=sample', '--config.sample.num=4',
+               '--config.sample.temperature=0.5')
+  assert result.returncode == 0, result.stderr[-3000:]
+  samples = np.load(workdir / 'samples' / 'step_00000024_t0.5.npy')
+  assert samples.shape == (4, 8, 8, 1) and samples.dtype == np.uint8
+  assert (workdir / 'samples' / 'step_00000024_t0.5.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_api_round_trip_and_bad_input(trained):
+  workdir, _ = trained
+  model = flowpp_jax.load(workdir)
+  assert model.step == 24
+  images = datasets.load_split('digits', 'test')[np.arange(8)]
+  z = model.encode(images, seed=3)
+  assert z.shape == (8, *model.latent_shape) and z.dtype == np.float32
+  np.testing.assert_array_equal(model.decode(z), images)
+  nats = model.log_prob(images, seed=1)
+  assert nats.shape == (8,) and np.isfinite(nats).all()
+  np.testing.assert_array_equal(nats, model.log_prob(images, seed=1))
+  sample = model.sample(5, seed=2, temperature=0.8)
+  assert sample.shape == (5, 8, 8, 1) and sample.dtype == np.uint8
+  np.testing.assert_array_equal(sample, model.sample(5, seed=2, temperature=0.8))
+  with pytest.raises(ValueError, match='uint8'):
+    model.log_prob(images.astype(np.float32))
+  with pytest.raises(ValueError, match='shape'):
+    model.encode(images[:, :4])
+  with pytest.raises(ValueError, match='num_levels'):
+    model.bpd(np.full_like(images, 17))
+  with pytest.raises(ValueError, match='latents'):
+    model.decode(z[:, :2])
+  with pytest.raises(ValueError, match='floating'):
+    model.decode(z.astype(np.int32))
+
+
+def wait_for(predicate, process, timeout=300.0):
+  """Polls until predicate() or the process exits; True if predicate() held."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return True
+    if process.poll() is not None:
+      return predicate()
+    time.sleep(0.01)
+  raise TimeoutError
+
+
+def checkpoint_steps(workdir):
+  directory = workdir / 'checkpoints'
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit() and (p / '_CHECKPOINT_METADATA').exists())
+
+
+def test_resume_after_sigterm_and_kill_is_bit_identical(trained, tmp_path):
+  reference, _ = trained
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  popen = lambda: subprocess.Popen(command(workdir), cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # 1. Preemption: SIGTERM once the first checkpoint exists -> checkpoint, exit 143.
+  process = popen()
+  try:
+    assert wait_for(lambda: checkpoint_steps(workdir), process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert process.returncode == train.PREEMPTED_EXIT_CODE, err[-3000:]
+  preempted_at = max(checkpoint_steps(workdir))
+  assert f'saved the checkpoint of step {preempted_at}' in out
+  # 2. Restart, then kill -9 as soon as it has saved a newer checkpoint.
+  process = popen()
+  try:
+    assert wait_for(lambda: max(checkpoint_steps(workdir)) > preempted_at, process)
+    killed_mid_run = process.poll() is None
+    process.kill()
+    process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert killed_mid_run, 'the run finished before it could be killed'
+  # 3. Restart to the end.
+  result = cli(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'resuming from' in result.stdout
+  ours, theirs = final_state(workdir), final_state(reference)
+  leaves = jax.tree_util.tree_leaves
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(ours), leaves(theirs)))
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+  assert strip(read_rows(workdir)) == strip(read_rows(reference))
+  assert (workdir / 'eval.json').read_text() == (reference / 'eval.json').read_text()
+
+
+def test_train_step_through_tfds_reader_at_cifar10_shapes(tmp_path):
+  """cifar10 through tfds.data_source (mocked by tfds.testing.mock_data) into a real train
+  step, eval and sample with a tiny model."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  rng = np.random.RandomState(0)
+  splits = {'train': rng.randint(0, 256, (12, 32, 32, 3)).astype(np.uint8),
+            'test': rng.randint(0, 256, (6, 32, 32, 3)).astype(np.uint8)}
+  fake = lambda builder, split, **kwargs: [{'image': im, 'label': 0} for im in splits[split]]
+  config = load_config('cifar10')
+  config.model = tiny_model_config((32, 32, 3), main_layout='checker1 s2d channel1',
+                                   dequant_layout='checker1')
+  config.update(batch_size=4, init_batch_size=4, num_train_steps=2, log_every_steps=1,
+                eval_every_steps=2, checkpoint_every_steps=2, sample_every_steps=0)
+  config.eval.update(num_examples=0, num_iw_samples=2, batch_size=4, train_num_examples=6)
+  config.sample.num = 2
+  with tfds.testing.mock_data(as_data_source_fn=fake):
+    state = train.train(experiment.Experiment(config, tmp_path))
+  assert int(state.step) == 2
+  result = json.loads((tmp_path / 'eval.json').read_text())
+  assert result['num_examples'] == 6 and np.isfinite(result['bpd'])
+  assert result['bpd_iw'] <= result['bpd']
+  assert np.load(tmp_path / 'samples' / 'step_00000002_t1.npy').shape == (2, 32, 32, 3)
+
+
+def snapshot(directory):
+  """{relative path: (size, mtime, bytes)} of every file below directory."""
+  return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+          for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
+def assert_one_error_line(result, *fragments):
+  assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), lines[-5:]
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
+def damaged_copy(trained, tmp_path, damage):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained[0], workdir)
+  damage(workdir / 'checkpoints' / '24' / 'state')
+  return workdir
+
+
+def truncate_largest(state_dir):
+  largest = max((p for p in state_dir.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  with largest.open('r+b') as f:
+    f.truncate(largest.stat().st_size // 2)
+
+
+def scramble_manifest(state_dir):
+  manifest = state_dir / 'manifest.ocdbt'
+  manifest.write_bytes(bytes(reversed(manifest.read_bytes())))
+
+
+@pytest.mark.parametrize('damage', [truncate_largest, scramble_manifest])
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_damaged_checkpoint_is_reported_and_kept(trained, tmp_path, damage, mode):
+  workdir = damaged_copy(trained, tmp_path, damage)
+  before = snapshot(workdir)
+  assert_one_error_line(cli(workdir, f'--mode={mode}'), 'unreadable', 'checkpoints/24')
+  assert snapshot(workdir) == before
+
+
+def test_other_architecture_is_refused_and_checkpoints_kept(trained, tmp_path):
+  workdir = damaged_copy(trained, tmp_path, lambda _: None)
+  before = snapshot(workdir)
+  result = cli(workdir, '--config.model.main.filters=16')
+  assert_one_error_line(result, 'another architecture')
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize('args,env,fragments', [
+    (['--config.nonsense=1'], {}, ['unknown config field']),
+    (['--config.batch_size=abc'], {}, ['bad command line', 'batch_size']),
+    (['--config.optimizer.ema_decay=1.5'], {}, ['optimizer.ema_decay']),
+    (['--config.eval.num_iw_samples=0'], {}, ['eval.num_iw_samples']),
+    (['--config.lr.decay=cosine'], {}, ['lr.decay']),
+    (['--config.batch_size=15'],
+     {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, ['divisible', '2 devices']),
+    (['--config.dataset=cifar10'], {}, ['model.image_shape', 'cifar10']),
+    (['--mode=eval'], {}, ['no checkpoint']),
+])
+def test_bad_input_gives_one_error_line(tmp_path, args, env, fragments):
+  workdir = tmp_path / 'run'
+  assert_one_error_line(cli(workdir, *args, env=env), *fragments)
+  assert not (workdir / 'checkpoints').exists() or not any((workdir / 'checkpoints').iterdir())
+
+
+def test_unprepared_dataset_names_the_prepare_command(tmp_path):
+  empty = tmp_path / 'tfds'
+  empty.mkdir()
+  result = subprocess.run(
+      [sys.executable, '-m', 'flowpp_jax.main', '--config=configs/cifar10.py',
+       f'--workdir={tmp_path / "run"}', f'--config.data_dir={empty}'],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=600)
+  assert_one_error_line(result, 'python -m flowpp_jax.prepare --dataset=cifar10')
+  assert list(empty.iterdir()) == []
