@@ -81,6 +81,7 @@ def main(argv):
     fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
   try:
     config = _CONFIG.value
+    config.model  # pylint: disable=pointless-statement  (a failed load raises on first use)
   except OSError as e:
     fail(str(e).splitlines()[0] + f' ({flags.FLAGS["config"].serialize()} not found?)')
   try:

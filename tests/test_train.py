@@ -197,8 +197,7 @@ def test_train_step_through_tfds_reader_at_cifar10_shapes(tmp_path):
             'test': rng.randint(0, 256, (6, 32, 32, 3)).astype(np.uint8)}
   fake = lambda builder, split, **kwargs: [{'image': im, 'label': 0} for im in splits[split]]
   config = load_config('cifar10')
-  config.model = tiny_model_config((32, 32, 3), main_layout='checker1 s2d channel1',
-                                   dequant_layout='checker1')
+  config.model = tiny_model_config((32, 32, 3), main_layout='checker1', dequant_kind='uniform')
   config.update(batch_size=4, init_batch_size=4, num_train_steps=2, log_every_steps=1,
                 eval_every_steps=2, checkpoint_every_steps=2, sample_every_steps=0)
   config.eval.update(num_examples=0, num_iw_samples=2, batch_size=4, train_num_examples=6)
