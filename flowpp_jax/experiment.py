@@ -68,6 +68,7 @@ class Experiment:
     self.model = model_lib.FlowPlusPlus(config.model)
     self.direction = optim.adam_direction(config.optimizer)
     self.schedule = optim.learning_rate_schedule(config.lr)
+    self._sources = {}
     if read_only and not (self.workdir / 'checkpoints').is_dir():
       raise ValueError(f'no checkpoint in {self.workdir / "checkpoints"}; train first '
                        '(--mode=train with the same --workdir)')
@@ -77,9 +78,13 @@ class Experiment:
                                                  read_only=read_only)
 
   def source(self, split: str):
-    """Random-access images of one split ('train' or 'test')."""
-    name = self.info.train_split if split == 'train' else self.info.test_split
-    return datasets.load_split(self.config.dataset, name, self.config.data_dir or None)
+    """Random-access images of one split ('train' or 'test'), opened once per experiment
+    (init, the train loop and the evaluator share it)."""
+    if split not in self._sources:
+      name = self.info.train_split if split == 'train' else self.info.test_split
+      self._sources[split] = datasets.load_split(self.config.dataset, name,
+                                                 self.config.data_dir or None)
+    return self._sources[split]
 
   def _init_variables(self, images):
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(self.config.seed),
