@@ -9,6 +9,7 @@ checkpoints intact.
 import contextlib
 import io
 import json
+import logging
 import pathlib
 import time
 
@@ -92,6 +93,8 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target)))['state']
       except Exception as e:
         time.sleep(1.0)  # let the in-flight callbacks finish while stderr is redirected
+        # Their futures' unretrieved exceptions are logged by asyncio when collected, later.
+        logging.getLogger('asyncio').setLevel(logging.CRITICAL)
         raise self._unreadable(step, e) from e
     restored_shapes = jax.tree_util.tree_map(np.shape, tree)
     if restored_shapes != jax.tree_util.tree_map(np.shape, target):
