@@ -6,6 +6,12 @@
 Meant for 8 accelerators (the paper used 8 GPUs at 8 images each; the global batch of 64 is
 split over whatever devices JAX sees). Expected test bits/dim: about 3.17 after 400 epochs
 (312,500 steps, the paper's ablation budget) and 3.08 when trained to convergence.
+
+Layers are scanned (model.scan_layers) so that the train step compiles in about two minutes on
+a CPU whatever the depth. Train step memory from XLA's
+compiled memory analysis, per device at 8 images: 9.0 GB without remat (fits a 16 GiB TPU core or an
+80 GiB H100), 2.0 GB with --config.model.remat=True. On a CPU pass --config.model.scan_layers=False: XLA:CPU
+runs scanned backward passes ~5x slower.
 """
 from flowpp_jax import config_defaults as d
 
@@ -19,6 +25,7 @@ def get_config():
   config.lr = d.lr_config(peak=3e-4, warmup_steps=2_000)
   config.optimizer.ema_decay = 0.999
   config.model = d.model_config(
+      scan_layers=True,
       image_shape=(32, 32, 3), dropout=0.2,
       main=d.flow_config(layout='checker4 s2d channel2 checker3', filters=96, blocks=10,
                          components=32, pointwise=True),

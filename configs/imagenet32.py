@@ -7,6 +7,12 @@ and only the 3x3 conv reproduces its parameter count.
 
 Meant for 8 accelerators (the paper: 8 V100s, about 2.5 weeks). Expected test bits/dim: 3.86.
 The official run length is not recorded; num_train_steps is a budget to adjust.
+
+Layers are scanned (model.scan_layers) so that the train step compiles in about two minutes on
+a CPU whatever the depth, and rematerialised (model.remat) to fit. Train step memory from XLA's
+compiled memory analysis, per device at 4 images, with remat: 5.8 GB (fits a 16 GiB TPU core or an
+80 GiB H100). On a CPU pass --config.model.scan_layers=False: XLA:CPU
+runs scanned backward passes ~5x slower.
 """
 from flowpp_jax import config_defaults as d
 
@@ -24,6 +30,7 @@ def get_config():
   net = dict(filters=128, components=32, pointwise=False, weight_norm=True,
              out_concat_elu=True, out_kernel=3)
   config.model = d.model_config(
+      scan_layers=True, remat=True,
       image_shape=(32, 32, 3), dropout=0.0,
       main=d.flow_config(layout='checker4 checker3 s2d channel3 checker3', blocks=20, **net),
       dequant=d.dequant_config(layout='checker4 checker4', blocks=8, context_blocks=8,

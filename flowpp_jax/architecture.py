@@ -7,13 +7,21 @@ A layout is a space-separated list of stages, read left to right in the forward 
 - ``s2d``: SpaceToDepth(2).
 A coupling step is [Norm (or ActNorm), Pointwise (if enabled), coupling, TupleFlip], as in the
 official launchers. For example the CIFAR-10 main flow is 'checker4 s2d channel2 checker3'.
+
+The N steps of a stage share their shapes, so with ``scan=True`` they run as one ``nn.scan``
+(CouplingSteps): their parameters are stacked on a leading [N] axis and XLA compiles one step
+per stage, which keeps compile time flat in depth; ``scan=False`` unrolls them. ``remat`` recomputes each step's activations in the backward
+pass (jax.checkpoint) instead of storing them, trading ~1/3 more compute for memory.
 """
 import re
 from typing import Any, List, Sequence
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from flowpp_jax import bijectors as bij
+from flowpp_jax.bijectors.base import zero_log_det
 from flowpp_jax.nn.conditioner import MIXERS, Conditioner
 
 _STAGE = re.compile(r'^(checker|channel)([1-9][0-9]*)$|^s2d$')
@@ -42,34 +50,92 @@ def make_split(kind: str, checkerboard: str):
   return bij.Checkerboard2DSplit() if checkerboard == '2d' else bij.CheckerboardSplit()
 
 
-def make_coupling(flow_cfg, *, dropout: float, dtype: Any):
+def make_coupling(flow_cfg, *, dropout: float, dtype: Any, scan: bool = True, name=None):
   """One coupling layer (with its own conditioner) from a flow config."""
   net = Conditioner(
       filters=flow_cfg.filters, blocks=flow_cfg.blocks, mixer=flow_cfg.mixer,
       heads=flow_cfg.heads, dropout=dropout, weight_norm=flow_cfg.weight_norm,
-      out_concat_elu=flow_cfg.out_concat_elu, out_kernel=flow_cfg.out_kernel, dtype=dtype)
+      out_concat_elu=flow_cfg.out_concat_elu, out_kernel=flow_cfg.out_kernel, dtype=dtype,
+      scan=scan)
   if flow_cfg.coupling == 'affine':
-    return bij.AffineCoupling(net)
-  return bij.MixLogisticCoupling(net, flow_cfg.components)
+    return bij.AffineCoupling(net, name=name)
+  return bij.MixLogisticCoupling(net, flow_cfg.components, name=name)
+
+
+class _ScannedStep(nn.Module):
+  """One coupling step as an ``nn.scan`` body: ((x, log_det [B]), context) -> (carry, None).
+
+  Direction and dropout are fields, not call arguments, so jax.checkpoint sees only arrays.
+  """
+  flow_cfg: Any
+  norm: str
+  dropout: float
+  dtype: Any
+  scan: bool
+  inverse: bool
+  deterministic: bool
+
+  def setup(self):
+    layers = [(bij.ActNorm if self.norm == 'actnorm' else bij.Norm)(name='norm')]
+    if self.flow_cfg.pointwise:
+      layers.append(bij.Pointwise(name='pointwise'))
+    self.layers = layers + [
+        make_coupling(self.flow_cfg, dropout=self.dropout, dtype=self.dtype, scan=self.scan,
+                      name='coupling'),
+        bij.TupleFlip()]
+
+  def __call__(self, carry, context):
+    x, total = carry
+    y, log_det = bij.run_chain(self.layers, x, context, inverse=self.inverse,
+                               deterministic=self.deterministic)
+    return (y, total + log_det), None
+
+
+class CouplingSteps(bij.Bijector):
+  """``count`` coupling steps [Norm, Pointwise?, coupling, TupleFlip] on a tuple (x1, x2) of
+  [B, H, W, C] arrays, as one scan (inverse: the same scan in reverse).
+
+  ``scan=True``: one nn.scan, parameters params['steps'][layer] with a leading [count] axis
+  (step i uses index i), compiled once. ``scan=False``: params['step0'], ... unrolled, which
+  XLA:CPU runs several times faster but compiles in time proportional to depth.
+  """
+  flow_cfg: Any
+  count: int
+  norm: str = 'norm'
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+  scan: bool = True
+
+  @nn.compact
+  def __call__(self, x, context=None, *, inverse=False, deterministic=True):
+    body = nn.remat(_ScannedStep, prevent_cse=not self.scan) if self.remat else _ScannedStep
+    fields = (self.flow_cfg, self.norm, self.dropout, self.dtype, self.scan, inverse,
+              deterministic)
+    carry = (x, zero_log_det(x))
+    if not self.scan:
+      steps = [body(*fields, name=f'step{i}') for i in range(self.count)]
+      for step in (reversed(steps) if inverse else steps):
+        carry, _ = step(carry, context)
+      return carry
+    scanned = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0},
+                      split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+                      length=self.count, reverse=inverse)
+    carry, _ = scanned(*fields, name='steps')(carry, context)
+    return carry
 
 
 def build_layers(flow_cfg, *, checkerboard: str, norm: str, dropout: float,
-                 dtype: Any = jnp.float32, first: Sequence[Any] = (),
-                 last: Sequence[Any] = ()) -> List[Any]:
+                 dtype: Any = jnp.float32, remat: bool = False, scan: bool = True,
+                 first: Sequence[Any] = (), last: Sequence[Any] = ()) -> List[Any]:
   """The list of bijectors of one flow, in forward order, between ``first`` and ``last``."""
   layers = list(first)
-  norm_cls = bij.ActNorm if norm == 'actnorm' else bij.Norm
   for kind, steps in parse_layout(flow_cfg.layout):
     if kind == 's2d':
       layers.append(bij.SpaceToDepth())
       continue
     layers.append(make_split(kind, checkerboard))
-    for _ in range(steps):
-      layers.append(norm_cls())
-      if flow_cfg.pointwise:
-        layers.append(bij.Pointwise())
-      layers.append(make_coupling(flow_cfg, dropout=dropout, dtype=dtype))
-      layers.append(bij.TupleFlip())
+    layers.append(CouplingSteps(flow_cfg, steps, norm, dropout, dtype, remat, scan))
     layers.append(bij.Inverse(make_split(kind, checkerboard)))
   return layers + list(last)
 
@@ -111,3 +177,25 @@ def validate_flow_config(name: str, flow_cfg, image_shape) -> None:
                      f'{name}.heads ({flow_cfg.heads})')
   if flow_cfg.out_kernel not in (1, 3):
     raise ValueError(f'{name}.out_kernel must be 1 or 3, got {flow_cfg.out_kernel}')
+
+
+_UNROLLED_KEY = re.compile(r'^(step|block)([0-9]+)$')
+
+
+def scanned_params(params):
+  """Parameters of a ``scan_layers=False`` model -> the same model's ``scan_layers=True``
+  layout: every run of siblings 'step0', 'step1', ... ('block0', ...) becomes one 'steps'
+  ('blocks') subtree with their arrays stacked on a new leading axis. Other keys are kept."""
+  if not isinstance(params, dict):
+    return params
+  out, runs = {}, {}
+  for key, value in params.items():
+    match = _UNROLLED_KEY.match(key)
+    if match:
+      runs.setdefault(match.group(1), {})[int(match.group(2))] = scanned_params(value)
+    else:
+      out[key] = scanned_params(value)
+  for kind, items in runs.items():
+    ordered = [items[i] for i in range(len(items))]
+    out[kind + 's'] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ordered)
+  return out

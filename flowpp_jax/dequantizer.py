@@ -34,6 +34,7 @@ class ContextNet(nn.Module):
   checkerboard: str
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  scan: bool = True
 
   @nn.compact
   def __call__(self, x, *, deterministic=True):
@@ -45,9 +46,10 @@ class ContextNet(nn.Module):
     pos_emb = None
     if cfg.context_mixer != 'none':
       pos_emb = self.param('pos_emb', normal_init(0.01), h.shape[1:])
-    return GatedStack(cfg.context_blocks, cfg.context_mixer, cfg.heads, self.dropout,
-                      use_nin=False, layer_norm=cfg.context_layer_norm,
-                      weight_norm=cfg.weight_norm, dtype=self.dtype, name='stack')(
+    return GatedStack(mixer=cfg.context_mixer, heads=cfg.heads, dropout=self.dropout,
+                      blocks=cfg.context_blocks, use_nin=False, layer_norm=cfg.context_layer_norm,
+                      weight_norm=cfg.weight_norm, dtype=self.dtype, scan=self.scan,
+                      name='stack')(
                           h, None, pos_emb, deterministic=deterministic)
 
 
@@ -59,13 +61,15 @@ class VariationalDequantizer(nn.Module):
   norm: str
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
+  scan: bool = True
 
   def setup(self):
     self.context = ContextNet(self.cfg, self.num_levels, self.checkerboard, self.dropout,
-                              self.dtype)
+                              self.dtype, self.scan)
     self.flow = Chain(architecture.build_layers(
         self.cfg, checkerboard=self.checkerboard, norm=self.norm, dropout=self.dropout,
-        dtype=self.dtype, last=[Sigmoid()]))
+        dtype=self.dtype, remat=self.remat, scan=self.scan, last=[Sigmoid()]))
 
   def __call__(self, x, rng, *, deterministic=True):
     eps = normal_init(1.0)(rng, x.shape)

@@ -40,6 +40,9 @@ def validate_config(cfg) -> None:
   if cfg.compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f'model.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, '
                      f'got {cfg.compute_dtype!r}')
+  for field in ('remat', 'scan_layers'):
+    if not isinstance(cfg[field], bool):
+      raise ValueError(f'model.{field} must be True or False, got {cfg[field]!r}')
   architecture.validate_flow_config('model.main', cfg.main, cfg.image_shape)
   if cfg.dequant.kind not in DEQUANTIZERS:
     raise ValueError(f'model.dequant.kind must be one of {DEQUANTIZERS}, '
@@ -66,10 +69,12 @@ class FlowPlusPlus(nn.Module):
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
     self.main_flow = Chain(architecture.build_layers(
         cfg.main, checkerboard=cfg.checkerboard, norm=cfg.norm, dropout=cfg.dropout,
-        dtype=dtype, first=[LogitPreprocess(cfg.num_levels)]))
+        dtype=dtype, remat=cfg.remat, scan=cfg.scan_layers,
+        first=[LogitPreprocess(cfg.num_levels)]))
     if cfg.dequant.kind == 'variational':
       self.dequantizer = VariationalDequantizer(cfg.dequant, cfg.num_levels, cfg.checkerboard,
-                                                cfg.norm, cfg.dropout, dtype)
+                                                cfg.norm, cfg.dropout, dtype, cfg.remat,
+                                                cfg.scan_layers)
     else:
       self.dequantizer = UniformDequantizer()
 

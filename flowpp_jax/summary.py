@@ -29,12 +29,25 @@ def count(tree) -> int:
 
 
 def _flow_rows(title, flow_params, layers):
-  """Rows (name, kind, count) for the parameterised layers of one Chain."""
+  """Rows (name, kind, count) for the parameterised layers of one Chain; a stage of scanned
+  coupling steps (parameters stacked on a leading [steps] axis) gives one row per step."""
   rows = []
   for i, layer in enumerate(layers):
     key = f'layers_{i}'
-    if key in flow_params:
+    if key not in flow_params:
+      continue
+    if not isinstance(layer, architecture.CouplingSteps):
       rows.append((f'{title}/{key}', type(layer).__name__, count(flow_params[key])))
+      continue
+    kinds = {'norm': 'ActNorm' if layer.norm == 'actnorm' else 'Norm', 'pointwise': 'Pointwise',
+             'coupling': ('AffineCoupling' if layer.flow_cfg.coupling == 'affine'
+                          else 'MixLogisticCoupling')}
+    for j in range(layer.count):
+      # Scanned steps hold every step's parameters stacked in 'steps'; unrolled, one 'stepJ'.
+      step = flow_params[key].get(f'step{j}') or flow_params[key]['steps']
+      share = 1 if f'step{j}' in flow_params[key] else layer.count
+      rows += [(f'{title}/{key}/step{j}/{part}', kind, count(step[part]) // share)
+               for part, kind in kinds.items() if part in step]
   return rows
 
 

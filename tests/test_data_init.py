@@ -172,6 +172,8 @@ def test_conditioner_convs_start_at_their_init_scale(net_kwargs, with_context):
   for path, (y,) in captured.items():
     name = path[-2]  # path = (..., conv name, '__call__')
     seen.add(name)
+    if 'blocks' in path:  # the scanned GatedStack stacks its blocks' values: [blocks, ...]
+      (y,) = y
     _assert_standardised(y, axes=(0, 1, 2), scale=_EXPECTED_SCALE[name])
   expected_names = set(_EXPECTED_SCALE) - (set() if with_context else {'a_proj'})
   assert seen == expected_names

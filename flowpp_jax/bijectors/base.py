@@ -46,16 +46,21 @@ class Bijector(nn.Module):
     return self(y, context, inverse=True, deterministic=deterministic)
 
 
+def run_chain(layers, x, context=None, *, inverse=False, deterministic=True):
+  """Runs bijectors ``layers`` in order (reverse order if ``inverse``): (y, summed log_det)."""
+  total = zero_log_det(x)
+  for layer in (reversed(layers) if inverse else layers):
+    x, log_det = layer(x, context, inverse=inverse, deterministic=deterministic)
+    total = total + log_det
+  return x, total
+
+
 class Chain(Bijector):
   """Composition: forward runs ``layers`` in order, inverse in reverse order."""
   layers: Sequence[Any]
 
   def __call__(self, x, context=None, *, inverse=False, deterministic=True):
-    total = zero_log_det(x)
-    for layer in (reversed(self.layers) if inverse else self.layers):
-      x, log_det = layer(x, context, inverse=inverse, deterministic=deterministic)
-      total = total + log_det
-    return x, total
+    return run_chain(self.layers, x, context, inverse=inverse, deterministic=deterministic)
 
 
 class Inverse(Bijector):

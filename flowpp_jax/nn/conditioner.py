@@ -82,15 +82,8 @@ class GatedMaxout(nn.Module):
     return x + gate(Conv(2 * f, 1, 0.1, self.weight_norm, self.dtype, name='proj2')(c))
 
 
-class GatedStack(nn.Module):
-  """``blocks`` x [GatedConv, LayerNorm, mixer, LayerNorm] on [B, H, W, F].
-
-  mixer: 'attention' (GatedAttention), 'maxout' (GatedMaxout) or 'none' (then the block is
-  GatedConv and one LayerNorm, as in the official ImageNet64 dequantizer). ``layer_norm=False``
-  drops the norms (the CIFAR-10 dequantizer's context network). LayerNorm: eps 1e-5, learned
-  scale and bias per channel.
-  """
-  blocks: int
+class _BlockSettings(nn.Module):
+  """The settings a GatedStack passes on to each of its blocks (see GatedStack)."""
   mixer: str = 'attention'
   heads: int = 4
   dropout: float = 0.0
@@ -99,23 +92,63 @@ class GatedStack(nn.Module):
   weight_norm: bool = False
   dtype: Any = jnp.float32
 
+
+class GatedBlock(_BlockSettings):
+  """One block of a GatedStack: GatedConv, LayerNorm, mixer, LayerNorm (see GatedStack).
+
+  Written as a scan body: ``(x [B, H, W, F], (context, pos_emb)) -> (x, None)``, so that a
+  stack of any depth is traced and compiled as one block.
+  """
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, inputs):
+    context, pos_emb = inputs
+    shared = dict(dropout=self.dropout, weight_norm=self.weight_norm, dtype=self.dtype)
+    norm = lambda name: (nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name)
+                         if self.layer_norm else (lambda a: a))
+    x = GatedConv(self.use_nin, **shared, name='conv')(
+        x, context, deterministic=self.deterministic)
+    x = norm('ln1')(x)
+    if self.mixer == 'none':
+      return x, None
+    if self.mixer == 'attention':
+      mixer = GatedAttention(self.heads, **shared, name='attn')
+    else:
+      mixer = GatedMaxout(**shared, name='maxout')
+    x = mixer(x, pos_emb, deterministic=self.deterministic)
+    return norm('ln2')(x), None
+
+
+class GatedStack(_BlockSettings):
+  """``blocks`` x [GatedConv, LayerNorm, mixer, LayerNorm] on [B, H, W, F].
+
+  mixer: 'attention' (GatedAttention), 'maxout' (GatedMaxout) or 'none' (then the block is
+  GatedConv and one LayerNorm, as in the official ImageNet64 dequantizer). ``layer_norm=False``
+  drops the norms (the CIFAR-10 dequantizer's context network). LayerNorm: eps 1e-5, learned
+  scale and bias per channel.
+
+  ``scan=True`` runs the blocks under ``nn.scan``: their parameters are stacked on a leading
+  [blocks] axis (params['blocks']) and XLA compiles one block, not ``blocks`` copies, so
+  compile time does not grow with depth. ``scan=False`` builds params['block0'], ... and
+  unrolls them (XLA:CPU runs the backward pass of the rolled loop ~5x slower: see README).
+  """
+  blocks: int = 1
+  scan: bool = True
+
   @nn.compact
   def __call__(self, x, context=None, pos_emb=None, *, deterministic=True):
-    shared = dict(dropout=self.dropout, weight_norm=self.weight_norm, dtype=self.dtype)
-    for i in range(self.blocks):
-      x = GatedConv(self.use_nin, **shared, name=f'block{i}_conv')(
-          x, context, deterministic=deterministic)
-      if self.layer_norm:
-        x = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=f'block{i}_ln1')(x)
-      if self.mixer == 'none':
-        continue
-      if self.mixer == 'attention':
-        mixer = GatedAttention(self.heads, **shared, name=f'block{i}_attn')
-      else:
-        mixer = GatedMaxout(**shared, name=f'block{i}_maxout')
-      x = mixer(x, pos_emb, deterministic=deterministic)
-      if self.layer_norm:
-        x = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=f'block{i}_ln2')(x)
+    fields = (self.mixer, self.heads, self.dropout, self.use_nin, self.layer_norm,
+              self.weight_norm, self.dtype, deterministic)
+    if not self.scan:
+      for i in range(self.blocks):
+        x, _ = GatedBlock(*fields, name=f'block{i}')(x, (context, pos_emb))
+      return x
+    # Intermediates (capture_intermediates) are stacked like the params.
+    scanned = nn.scan(GatedBlock, variable_axes={'params': 0, 'intermediates': 0},
+                      split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+                      length=self.blocks)
+    x, _ = scanned(*fields, name='blocks')(x, (context, pos_emb))
     return x
 
 
@@ -137,14 +170,16 @@ class Conditioner(nn.Module):
   out_concat_elu: bool = False
   out_kernel: int = 3
   dtype: Any = jnp.float32
+  scan: bool = True
 
   @nn.compact
   def __call__(self, x, context=None, *, num_outputs: int, deterministic=True):
     b, h, w, c = x.shape
     pos_emb = self.param('pos_emb', normal_init(0.01), (h, w, self.filters))
     x = Conv(self.filters, 3, 1.0, self.weight_norm, self.dtype, name='proj_in')(x)
-    x = GatedStack(self.blocks, self.mixer, self.heads, self.dropout, use_nin=True,
-                   weight_norm=self.weight_norm, dtype=self.dtype, name='stack')(
+    x = GatedStack(mixer=self.mixer, heads=self.heads, dropout=self.dropout, use_nin=True,
+                   weight_norm=self.weight_norm, dtype=self.dtype, blocks=self.blocks,
+                   scan=self.scan, name='stack')(
                        x, context, pos_emb, deterministic=deterministic)
     if self.out_concat_elu:
       x = concat_elu(x)
