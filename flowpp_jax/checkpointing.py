@@ -10,13 +10,14 @@ import contextlib
 import io
 import json
 import logging
-import pathlib
 import time
 
 import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from flowpp_jax import fileio
 
 
 class CheckpointError(ValueError):
@@ -33,7 +34,8 @@ class Checkpoints:
   (orbax coordinates them; only the primary host writes metadata)."""
 
   def __init__(self, workdir, *, keep: int = 3, read_only: bool = False):
-    self.directory = pathlib.Path(workdir).absolute() / 'checkpoints'
+    workdir = fileio.path(workdir)  # orbax writes gs:// itself, if it gets the URI intact
+    self.directory = (workdir if fileio.is_remote(workdir) else workdir.absolute()) / 'checkpoints'
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              save_interval_steps=0)
@@ -80,7 +82,7 @@ class Checkpoints:
       raise CheckpointError(
           f'{self.directory / str(step)} holds a model of another architecture than the '
           f'config; use a new --workdir, or the config the run was started with '
-          f'({pathlib.Path(self.directory).parent / "config.json"})')
+          f'({self.directory.parent / "config.json"})')
     target = flax.serialization.to_state_dict(abstract_state)
     target = jax.tree_util.tree_map(
         lambda x: np.zeros(x.shape, x.dtype), target)

@@ -3,14 +3,13 @@ optimiser, the workdir's checkpoints, and the TrainState (created by data-depend
 restored from the latest checkpoint).
 """
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flowpp_jax import checkpointing, datasets, optim, steps
+from flowpp_jax import checkpointing, datasets, fileio, optim, steps
 from flowpp_jax import model as model_lib
 
 CONFIG_FILE = 'config.json'
@@ -63,7 +62,7 @@ class Experiment:
     """device_count: the devices batches must divide over (default: all JAX sees)."""
     validate_run_config(config, device_count or jax.device_count())
     self.config = config
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = fileio.path(workdir)  # pathlib would turn gs://b/run into gs:/b/run
     self.info = datasets.DATASETS[config.dataset]
     self.model = model_lib.FlowPlusPlus(config.model)
     self.direction = optim.adam_direction(config.optimizer)
@@ -73,7 +72,7 @@ class Experiment:
       raise ValueError(f'no checkpoint in {self.workdir / "checkpoints"}; train first '
                        '(--mode=train with the same --workdir)')
     if not read_only:
-      self.workdir.mkdir(parents=True, exist_ok=True)
+      fileio.makedirs(self.workdir)
     self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.keep_checkpoints,
                                                  read_only=read_only)
 
@@ -126,12 +125,12 @@ class Experiment:
   def write_config(self) -> None:
     """WORKDIR/config.json: the run's full config, which flowpp_jax.load reads back."""
     if jax.process_index() == 0:
-      (self.workdir / CONFIG_FILE).write_text(self.config.to_json(indent=2) + '\n')
+      (fileio.path(self.workdir) / CONFIG_FILE).write_text(self.config.to_json(indent=2) + '\n')
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
   """The config a run in ``workdir`` was started with (WORKDIR/config.json)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  path = fileio.path(workdir) / CONFIG_FILE
   if not path.exists():
     raise ValueError(f'{path} not found: is {workdir} the --workdir of a training run?')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -1,10 +1,12 @@
 """Sample grids as PNG files (written with zlib; no imaging library needed)."""
 import math
-import pathlib
 import struct
 import zlib
 
+from etils import epath
 import numpy as np
+
+from flowpp_jax import fileio
 
 
 def to_display(images, num_levels: int):
@@ -46,13 +48,14 @@ def encode_png(image) -> bytes:
           + chunk(b'IDAT', zlib.compress(rows.tobytes(), 9)) + chunk(b'IEND', b''))
 
 
-def save_samples(directory, name: str, samples, num_levels: int, scale: int = 1) -> pathlib.Path:
+def save_samples(directory, name: str, samples, num_levels: int, scale: int = 1) -> epath.Path:
   """Writes DIR/<name>.png (the grid, levels stretched to 0..255, each pixel ``scale`` times
-  enlarged) and DIR/<name>.npy (the raw uint8 samples). Returns the PNG's path."""
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
+  enlarged) and DIR/<name>.npy (the raw uint8 samples). DIR may be a gs:// URI. Returns the
+  PNG's path."""
+  directory = fileio.makedirs(directory)
   samples = np.asarray(samples)
-  np.save(directory / f'{name}.npy', samples)
+  with (directory / f'{name}.npy').open('wb') as f:  # np.save(path) would open() a URI
+    np.save(f, samples)
   grid = make_grid(to_display(samples, num_levels))
   grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
   path = directory / f'{name}.png'

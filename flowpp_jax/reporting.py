@@ -4,13 +4,23 @@ event files in WORKDIR/tensorboard/, and a console line with progress and ETA.
 Only process 0 writes; on other processes every method does nothing. On resume from step S the
 rows after S (written by the interrupted run after its last checkpoint) are dropped, so the
 file ends up as an uninterrupted run would have written it.
+
+The workdir may be a bucket (gs://...): metrics.jsonl is then rewritten whole at each row
+(objects cannot be appended to), and TensorBoard events need tensorboardX's client for the
+bucket (google-cloud-storage for gs://); without it they are skipped, with a notice.
 """
 import json
-import pathlib
 import sys
 import time
 
 import jax
+
+from flowpp_jax import fileio
+
+# tensorboardX writes these URI schemes itself when the module-level flag of its record_writer
+# is true (the client package imported); any other URI it would treat as a local path.
+_TENSORBOARD_CLIENTS = {'gs': ('GCS_ENABLED', 'google-cloud-storage'),
+                        's3': ('S3_ENABLED', 'boto3')}
 
 
 def format_duration(seconds: float) -> str:
@@ -31,15 +41,30 @@ class Reporter:
     self._run_start = self._window
     if not self.active:
       return
-    self.path = pathlib.Path(workdir) / 'metrics.jsonl'
+    self.path = fileio.path(workdir) / 'metrics.jsonl'
+    self._remote = fileio.is_remote(self.path)
+    self._lines = []  # The file's lines, kept to rewrite a remote file (no append there).
     if self.path.exists():
-      rows = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line)['step'] <= resume_step]
-      self.path.write_text(''.join(row + '\n' for row in rows))
+      self._lines = [line + '\n' for line in self.path.read_text().splitlines()
+                     if line.strip() and json.loads(line)['step'] <= resume_step]
+      self.path.write_text(''.join(self._lines))
+    self._tb = self._summary_writer(fileio.path(workdir) / 'tensorboard', resume_step)
+
+  def _summary_writer(self, logdir, resume_step: int):
+    """A tensorboardX SummaryWriter for ``logdir``, or None (with a notice) when tensorboardX
+    cannot write there."""
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    kind = fileio.scheme(logdir)
+    if kind is not None:
+      flag, package = _TENSORBOARD_CLIENTS.get(kind, (None, None))
+      if flag is None or not getattr(record_writer, flag, False):
+        how = f'pip install {package}' if package else f'no {kind}:// support in tensorboardX'
+        self.say(f'note: no TensorBoard events in {logdir} ({how}); metrics.jsonl has every '
+                 'logged value')
+        return None
     # purge_step hides the interrupted run's events after the resumed step.
-    self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'),
-                             purge_step=resume_step or None)
+    return SummaryWriter(str(logdir), purge_step=resume_step or None)
 
   def start_clock(self, step: int) -> None:
     """Throughput and ETA count from here (call after the first step has compiled)."""
@@ -65,8 +90,15 @@ class Reporter:
     if not self.active:
       return
     row = {'step': int(step), **{k: float(v) for k, v in row.items()}}
-    with self.path.open('a') as f:
-      f.write(json.dumps(row) + '\n')
+    line = json.dumps(row) + '\n'
+    if self._remote:
+      self._lines.append(line)
+      self.path.write_text(''.join(self._lines))
+    else:
+      with self.path.open('a') as f:
+        f.write(line)
+    if self._tb is None:
+      return
     for key, value in row.items():
       if key != 'step':
         self._tb.add_scalar(key, value, step)
@@ -77,5 +109,5 @@ class Reporter:
       print(message, file=self.stream, flush=True)
 
   def close(self) -> None:
-    if self.active:
+    if self.active and self._tb is not None:
       self._tb.close()

@@ -1,0 +1,50 @@
+"""Workdir files on a local disk or in a bucket (``gs://BUCKET/...``), through etils.epath.
+
+epath reaches gs:// through TensorFlow's gfile when TensorFlow is installed, and otherwise
+through fsspec with gcsfs (``pip install gcsfs``); local paths go to the os module either way.
+``pathlib.Path('gs://b/run')`` is ``gs:/b/run``, a local path: URIs must stay strings or
+epath paths all the way to here.
+
+Object stores have no folders and no append (gcsfs silently turns ``open(mode='a')`` into an
+overwrite): ``makedirs`` skips URIs, and writers that append locally rewrite remote files.
+"""
+import importlib.util
+import os
+
+from etils import epath
+
+
+def path(p) -> epath.Path:
+  """A local path or a URI such as gs://bucket/run as an epath.Path (keeps the '//').
+
+  Raises ValueError for a gs:// URI when neither gcsfs nor TensorFlow is installed (epath
+  would raise ImportError at the first access, as a traceback instead of one error line).
+  """
+  p = epath.Path(p)
+  if scheme(p) == 'gs' and not _has_gcs_client():
+    raise ValueError(f'{p} needs a Google Cloud Storage client: pip install gcsfs')
+  return p
+
+
+def _has_gcs_client() -> bool:
+  return any(importlib.util.find_spec(name) for name in ('gcsfs', 'tensorflow'))
+
+
+def scheme(p):
+  """'gs' for gs://bucket/..., None for a local path."""
+  head, sep, _ = os.fspath(p).partition('://')
+  return head if sep and head.isalnum() else None
+
+
+def is_remote(p) -> bool:
+  return scheme(p) is not None
+
+
+def makedirs(p) -> epath.Path:
+  """Creates the local folder ``p`` and its parents; nothing for a URI (an object store's
+  "folders" are name prefixes, and gcsfs would create a missing bucket instead of failing)."""
+  p = path(p)
+  if not is_remote(p):
+    p.mkdir(parents=True, exist_ok=True)
+  return p
+
