@@ -2,10 +2,14 @@
 
   python -m flowpp_jax.main --config=configs/X.py --workdir=DIR [--config.F=V ...]
                             [--mode=train|eval|sample|summary]
+                            [--coordinator_address=HOST:PORT --num_processes=N --process_id=I
+                             | --distributed]
 
 train: trains (resuming from DIR's latest checkpoint), then evaluates and samples.
 eval: test bits/dim of DIR's latest checkpoint (EMA parameters) -> DIR/eval.json.
 sample: config.sample.num images -> DIR/samples/. summary: parameter counts.
+Several processes (hosts) run one job when each is started with the multi-process flags (see
+flowpp_jax/distributed.py); the config's batch sizes are global, over all of their devices.
 Bad input prints one `error: ...` line and exits with status 2.
 """
 import sys
@@ -13,6 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from flowpp_jax import distributed
 from flowpp_jax import model as model_lib
 from flowpp_jax import summary
 
@@ -21,6 +26,18 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, samples.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'summary'],
                           'What to run.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process run whose settings jax.distributed detects '
+    '(Cloud TPU pod slice, SLURM, Open MPI).')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-process run: HOST:PORT of process 0 (default: '
+    '$FLOWPP_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process run: the number of processes (default: '
+    '$FLOWPP_NUM_PROCESSES).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-process run: this process, 0 .. num_processes - 1 (default: '
+    '$FLOWPP_PROCESS_ID).')
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -69,8 +86,10 @@ def run_experiment(mode: str, exp) -> None:
   else:
     samples = sampling.make_sampler(exp.model, config.sample.num)(
         state.ema_params, config.seed, config.sample.temperature, step)
-    print(f'{len(samples)} samples -> '
-          f'{sampling.save(exp.workdir, step, samples, exp.info.num_levels, config.sample.temperature)}')
+    path = sampling.save(exp.workdir, step, samples, exp.info.num_levels,
+                         config.sample.temperature)
+    if path is not None:  # process 0 saves them
+      print(f'{len(samples)} samples -> {path}')
 
 
 def main(argv):
@@ -91,6 +110,9 @@ def main(argv):
       return
     if not _WORKDIR.value:
       fail(f'--workdir is required for --mode={_MODE.value}')
+    # After the checks above, so that bad input fails at once instead of waiting for the others.
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
     run(_MODE.value, config, _WORKDIR.value)
   except ValueError as e:
     fail(f'{e}'.splitlines()[0])

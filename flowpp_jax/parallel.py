@@ -1,4 +1,8 @@
-"""Moving host data onto the local devices for ``jax.pmap`` and back."""
+"""Moving host data onto the local devices for ``jax.pmap`` and back.
+
+With several processes, pmap runs over every process's devices: each process passes its local
+share (leading axis: its local device count) and collectives reduce over all of them.
+"""
 import jax
 import numpy as np
 
@@ -31,3 +35,16 @@ def unreplicate(tree):
     # pmap built on shard_map keeps the device axis (size 1) in each shard; the old one not.
     return data[0] if data.ndim == x.ndim else data
   return jax.tree_util.tree_map(first, tree)
+
+
+# Module level so that it is traced and compiled once per process.
+_COUNT = jax.pmap(lambda x: jax.lax.psum(x, AXIS), axis_name=AXIS)
+
+
+def count_processes(flag: bool):
+  """Starts counting the processes that pass ``flag`` True: a collective over every device,
+  so every process must call it at the same point of its sequence of collectives. Returns a
+  replicated int32 array (read it with ``unreplicate``) without waiting for the result."""
+  flags = np.zeros(jax.local_device_count(), np.int32)
+  flags[0] = flag  # once per process, however many devices it has
+  return _COUNT(flags)

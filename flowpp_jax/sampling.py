@@ -3,6 +3,7 @@ WORKDIR/samples/."""
 import jax
 import numpy as np
 
+from flowpp_jax import fileio
 from flowpp_jax import images as images_lib
 
 SAMPLE_TAG = 3
@@ -26,5 +27,5 @@ def save(workdir, step: int, samples, num_levels: int, temperature: float):
     return None
   height = samples.shape[1]
   return images_lib.save_samples(
-      f'{workdir}/samples', f'step_{step:08d}_t{temperature:g}', samples, num_levels,
+      fileio.path(workdir) / 'samples', f'step_{step:08d}_t{temperature:g}', samples, num_levels,
       scale=max(1, 64 // height))

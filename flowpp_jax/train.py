@@ -3,7 +3,8 @@
 Starts from the latest checkpoint in the workdir when there is one, otherwise from a
 data-dependent init. Data order and randomness are functions of (seed, step, example
 position), so a run killed at any moment and started again with the same command ends with the
-same parameters and metrics as an uninterrupted one. SIGTERM saves a checkpoint, then exits.
+same parameters and metrics as an uninterrupted one. SIGTERM saves a checkpoint, then exits;
+with several processes, all of them do so after the same step.
 """
 import functools
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from flowpp_jax import evaluate, input_pipeline, parallel, reporting, sampling, steps
@@ -23,14 +25,31 @@ class NonFiniteError(RuntimeError):
 
 
 class _Preemption:
-  """Remembers a SIGTERM so the loop can save a checkpoint before exiting."""
+  """Remembers a SIGTERM so the loop can save a checkpoint before exiting.
+
+  With several processes the decision is collective: SIGTERM may reach only some of them, or
+  reach them at different steps, yet all must save the same step (orbax saves collectively)
+  and exit together. So each step every process adds its flag to a count over all devices and
+  reads the previous step's count, which it waits for anyway (the loop checks the previous
+  step's metrics): all of them stop after the same step, one step after the first SIGTERM.
+  A single process decides alone, at once.
+  """
 
   def __init__(self):
     self.requested = False
+    self._count = None  # the pending count of the previous step
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     self.requested = True
+
+  def stop(self) -> bool:
+    """Whether to save and exit after the step just dispatched. Every process calls it once
+    per step; it answers the same on all of them."""
+    if jax.process_count() == 1:
+      return self.requested
+    count, self._count = self._count, parallel.count_processes(self.requested)
+    return count is not None and int(parallel.unreplicate(count)) > 0
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
@@ -44,7 +63,9 @@ def _start(exp, say):
     return state
   say(f'data-dependent init on {exp.config.init_batch_size} training images')
   start = time.perf_counter()
-  state = exp.init_state()
+  # Every process computes the same init; all take process 0's so that the replicas start
+  # identical even on a backend whose reductions are not bit-deterministic.
+  state = multihost_utils.broadcast_one_to_all(exp.init_state())
   say(f'init done in {time.perf_counter() - start:.1f} s')
   return state
 
@@ -72,9 +93,10 @@ def train(exp) -> steps.TrainState:
                                         jax.process_index(), jax.process_count())
   p_state = parallel.replicate(state)
   preemption = _Preemption()
+  processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
   reporter.say(f'training steps {start_step}..{config.num_train_steps} on '
-               f'{jax.device_count()} {jax.devices()[0].platform} device(s), global batch '
-               f'{config.batch_size}; workdir {exp.workdir}')
+               f'{jax.device_count()} {jax.devices()[0].platform} device(s){processes}, '
+               f'global batch {config.batch_size}; workdir {exp.workdir}')
   previous_metrics = None
   first_step_start = time.perf_counter()
   try:
@@ -105,10 +127,10 @@ def train(exp) -> steps.TrainState:
           and done < config.num_train_steps):
         _sample(exp, sampler, p_state.ema_params, done, reporter)
         reporter.rates(done, 0)
-      if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps \
-          or preemption.requested:
+      stop = preemption.stop()
+      if done % config.checkpoint_every_steps == 0 or done == config.num_train_steps or stop:
         exp.save(parallel.unreplicate(p_state))
-      if preemption.requested:
+      if stop:
         exp.checkpoints.wait()
         reporter.say(f'SIGTERM: saved the checkpoint of step {done}; run the same command '
                      'to resume')
@@ -150,8 +172,8 @@ def _log(reporter, step: int, metrics, config) -> None:
 
 def _sample(exp, sampler, p_ema_params, step: int, reporter) -> None:
   config = exp.config
-  ema_params = jax.tree_util.tree_map(lambda x: x[0], p_ema_params)
-  samples = sampler(ema_params, config.seed, config.sample.temperature, step)
+  samples = sampler(parallel.unreplicate(p_ema_params), config.seed, config.sample.temperature,
+                    step)
   path = sampling.save(exp.workdir, step, samples, exp.info.num_levels,
                        config.sample.temperature)
   reporter.say(f'step {step}: {len(samples)} samples at temperature '
