@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from flowpp_jax.dtypes import at_least_float32, compute_dtype
+from flowpp_jax.nn.attention import attention
 from flowpp_jax.nn.layers import Conv, concat_elu, gate, normal_init
 
 MIXERS = ('attention', 'maxout', 'none')
@@ -56,12 +57,12 @@ class GatedAttention(nn.Module):
     b, h, w, f = x.shape
     d = f // self.heads
     qkv = Conv(3 * f, 1, 1.0, self.weight_norm, self.dtype, name='proj1')(x + pos_emb)
-    q, k, v = jnp.moveaxis(qkv.reshape(b, h * w, 3, self.heads, d), 2, 0)
-    dtype, out_dtype = compute_dtype(x.dtype, self.dtype), at_least_float32(x.dtype)
-    q, k, v = (a.astype(dtype) for a in (q, k, v))
-    logits = jnp.einsum('bthd,bshd->bhts', q, k).astype(out_dtype) / jnp.sqrt(d)
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum('bhts,bshd->bthd', weights, v).astype(out_dtype).reshape(b, h, w, f)
+    # [3, B, heads, H*W, d]: heads ahead of positions, so that the products are plain
+    # batched matmuls (on XLA:CPU contracting over the positions axis of [B, H*W, heads, d]
+    # was measured 2.4x slower).
+    q, k, v = jnp.transpose(qkv.reshape(b, h * w, 3, self.heads, d), (2, 0, 3, 1, 4))
+    out = attention(q, k, v, compute_dtype(x.dtype, self.dtype))
+    out = jnp.transpose(out, (0, 2, 1, 3)).reshape(b, h, w, f)
     out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
     return x + gate(Conv(2 * f, 1, 0.1, self.weight_norm, self.dtype, name='proj2')(out))
 

@@ -1,0 +1,110 @@
+"""flowpp_jax.nn.attention: the values and the hand-written gradient of softmax(q k^T/sqrt(d)) v.
+
+References are independent of the code under test: scipy's softmax in float64 for the values,
+and reverse-mode autodiff of the textbook formula in float64 for the gradients (the code
+under test uses its own custom_vjp).
+"""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from scipy import special
+
+from flowpp_jax.nn.attention import attention
+
+try:  # Older jax versions.
+  from jax.experimental import enable_x64
+except ImportError:  # Newer jax: the context manager lives at top level.
+  enable_x64 = jax.enable_x64
+
+SHAPE_Q, SHAPE_KV = (2, 3, 7, 5), (2, 3, 11, 5)  # [B, heads, T, d], [B, heads, S, d]
+
+
+def _inputs(seed, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return tuple(scale * rng.normal(size=s) for s in (SHAPE_Q, SHAPE_KV, SHAPE_KV))
+
+
+def _scipy_attention(q, k, v):
+  scores = np.einsum('bhtd,bhsd->bhts', q, k) / np.sqrt(q.shape[-1])
+  return np.einsum('bhts,bhsd->bhtd', special.softmax(scores, axis=-1), v)
+
+
+def _textbook(q, k, v):
+  scores = jnp.einsum('bhtd,bhsd->bhts', q, k) / jnp.sqrt(q.shape[-1])
+  return jnp.einsum('bhts,bhsd->bhtd', jax.nn.softmax(scores, axis=-1), v)
+
+
+def _grads(fn, q, k, v, cotangent):
+  return jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
+
+
+def test_float64_values_and_gradients_match_references():
+  with enable_x64(True):
+    q, k, v = (jnp.asarray(a, jnp.float64) for a in _inputs(0))
+    out = attention(q, k, v, jnp.float64)
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(out, _scipy_attention(*_inputs(0)), rtol=1e-12, atol=1e-13)
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=out.shape))
+    for got, want in zip(_grads(lambda *a: attention(*a, jnp.float64), q, k, v, cotangent),
+                         _grads(_textbook, q, k, v, cotangent)):
+      assert got.dtype == jnp.float64
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_gradients_are_not_trivially_equal():
+  """The gradient check above can fail: a cotangent change moves every input gradient."""
+  with enable_x64(True):
+    q, k, v = (jnp.asarray(a, jnp.float64) for a in _inputs(0))
+    fn = lambda *a: attention(*a, jnp.float64)
+    g1 = _grads(fn, q, k, v, jnp.ones(SHAPE_Q))
+    g2 = _grads(fn, q, k, v, jnp.asarray(np.random.default_rng(2).normal(size=SHAPE_Q)))
+    for a, b in zip(g1, g2):
+      assert np.max(np.abs(np.asarray(a) - np.asarray(b))) > 1e-3
+
+
+@pytest.mark.parametrize('scale', [1.0, 30.0])
+def test_float32_matches_float64_reference(scale):
+  """scale=30 gives scores of order 1e3: exp would overflow without the row max."""
+  inputs = _inputs(3, scale)
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in inputs)
+  out = attention(q, k, v)
+  assert out.dtype == jnp.float32
+  want = _scipy_attention(*inputs)
+  np.testing.assert_allclose(out, want, rtol=2e-4, atol=2e-4 * scale)
+  cotangent = np.random.default_rng(4).normal(size=out.shape)
+  with enable_x64(True):
+    want_grads = _grads(_textbook, *(jnp.asarray(a, jnp.float64) for a in inputs),
+                        jnp.asarray(cotangent))
+  got_grads = _grads(attention, q, k, v, jnp.asarray(cotangent, jnp.float32))
+  # At scale 30 the softmax saturates and the true gradients are ~1e-90. What is left is the
+  # float32 rounding of dw - rowsum(dout * out), two sums of the same value in different
+  # orders (as in FlashAttention): of order eps32 * |dout| |v| |k|, i.e. ~1e-6 relative to
+  # the gradient's natural scale |dout| |v| |k| / sqrt(d) (scale**2 here, with |dout| ~ 1).
+  for got, want in zip(got_grads, want_grads):
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-3,
+                               atol=1e-3 * np.max(np.abs(want)) + 2e-6 * scale**2)
+
+
+def test_bfloat16_products_keep_float32_results():
+  inputs = _inputs(5)
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in inputs)
+  out = attention(q, k, v, jnp.bfloat16)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, _scipy_attention(*inputs), atol=5e-2)
+  for got in _grads(lambda *a: attention(*a, jnp.bfloat16), q, k, v, jnp.ones(SHAPE_Q)):
+    assert got.dtype == jnp.float32 and np.all(np.isfinite(got))
+
+
+def test_vmap_and_checkpoint_agree_with_plain_calls():
+  """The model calls it per example (vmap) and, with model.remat, under jax.checkpoint."""
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(6))
+  cotangent = jnp.asarray(np.random.default_rng(7).normal(size=SHAPE_Q), jnp.float32)
+  plain = _grads(attention, q, k, v, cotangent)
+  per_example = jax.vmap(lambda *a: _grads(attention, *(x[None] for x in a)))(
+      q, k, v, cotangent)
+  rematted = _grads(jax.checkpoint(attention), q, k, v, cotangent)
+  for a, b, c in zip(plain, per_example, rematted):
+    np.testing.assert_allclose(np.asarray(b)[:, 0], a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c, a, rtol=1e-6, atol=1e-7)
