@@ -56,6 +56,17 @@ def parse_flags(argv):
     fail(f'bad command line: {e}'.replace('\n', ' '))
 
 
+def load_config():
+  """The --config file with its overrides applied; a missing or unreadable file is one
+  error line."""
+  try:
+    config = _CONFIG.value
+    config.model  # pylint: disable=pointless-statement  (a failed load raises on first use)
+  except OSError as e:
+    fail(str(e).splitlines()[0] + f' ({flags.FLAGS["config"].serialize()} not found?)')
+  return config
+
+
 def run(mode: str, config, workdir: str) -> None:
   """Runs a mode that needs a workdir; ValueError means bad input."""
   # Imported here so that summary mode and flag errors stay fast.
@@ -98,11 +109,7 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
-  try:
-    config = _CONFIG.value
-    config.model  # pylint: disable=pointless-statement  (a failed load raises on first use)
-  except OSError as e:
-    fail(str(e).splitlines()[0] + f' ({flags.FLAGS["config"].serialize()} not found?)')
+  config = load_config()
   try:
     model_lib.validate_config(config.model)
     if _MODE.value == 'summary':

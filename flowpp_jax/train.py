@@ -70,6 +70,17 @@ def _start(exp, say):
   return state
 
 
+def make_train_step(exp):
+  """The train step, pmapped over the local devices: (state, images [D, b, H, W, C] uint8,
+  positions [D, b] int32) -> (state, metrics). The state is donated."""
+  config = exp.config
+  return jax.pmap(
+      functools.partial(steps.train_step, model=exp.model, direction=exp.direction,
+                        schedule=exp.schedule, ema_decay=config.optimizer.ema_decay,
+                        seed=config.seed),
+      axis_name=steps.AXIS, donate_argnums=(0,))
+
+
 def train(exp) -> steps.TrainState:
   """Trains to config.num_train_steps, then evaluates and samples. Returns the final state
   (host arrays)."""
@@ -81,11 +92,7 @@ def train(exp) -> steps.TrainState:
   start_step = int(state.step)
   reporter = reporting.Reporter(exp.workdir, total_steps=config.num_train_steps,
                                 resume_step=start_step)
-  p_train = jax.pmap(
-      functools.partial(steps.train_step, model=exp.model, direction=exp.direction,
-                        schedule=exp.schedule, ema_decay=config.optimizer.ema_decay,
-                        seed=config.seed),
-      axis_name=steps.AXIS, donate_argnums=(0,))
+  p_train = make_train_step(exp)
   periodic_eval = evaluate.make_evaluator(exp, num_samples=1)
   periodic_examples = min(config.eval.train_num_examples, len(test_source))
   sampler = sampling.make_sampler(exp.model, config.sample.num)
