@@ -3,14 +3,15 @@
   python -m flowpp_jax.bench --config=configs/X.py [--config.FIELD=VALUE ...] [--steps=5]
                              [--sample_num=64] [--compile_only]
 
-Runs the trainer's own code: steps.train_step under the pmap train.train builds, the periodic
+Runs the trainer's own code: steps.train_step pmapped by train.make_train_step, the periodic
 evaluator (evaluate.make_evaluator), the sampler (sampling.make_sampler) and the data-dependent
 init (Experiment.init_state), on random uint8 images of the config's model.image_shape and
 num_levels instead of the data set (nothing is read or downloaded). Measures the train step's
 lowering and compilation time, step time and images/s at the global config.batch_size, FLOPs
 per image (XLA's cost analysis of the compiled train step, per device, over the per-device
-batch: the optimiser update is included, amortised; and of a forward ELBO pass), MFU,
-device memory (XLA's memory analysis of the compiled step, and the runtime peak where the
+batch: the optimiser update is included, amortised; and of a forward ELBO pass; with
+model.scan_layers or model.remat on, of the lowered program without them: see plain_config),
+MFU, device memory (XLA's memory analysis of the compiled step, and the runtime peak where the
 device reports one), eval images/s at config.eval.batch_size, the time to sample --sample_num
 images and its ratio to one forward pass on as many images, and max |y - f^-1(f(y))| of the
 main flow on real-valued y. --compile_only stops after compilation: nothing is initialised or
@@ -33,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpp_jax import accelerators, evaluate, experiment, parallel, sampling, steps
+from flowpp_jax import (accelerators, evaluate, experiment, parallel, sampling, steps,
+                        train)
 # Importing main defines --config (and main's other flags, refused in main() below): the
 # benchmark shares its config loading, override parsing and error lines.
 from flowpp_jax import main as main_lib
@@ -120,15 +122,6 @@ class SyntheticExperiment(experiment.Experiment):
     self._tmp.cleanup()
 
 
-def make_p_train(exp):
-  """The pmapped train step exactly as train.train builds it (same partial, axis, donation)."""
-  return jax.pmap(
-      functools.partial(steps.train_step, model=exp.model, direction=exp.direction,
-                        schedule=exp.schedule, ema_decay=exp.config.optimizer.ema_decay,
-                        seed=exp.config.seed),
-      axis_name=steps.AXIS, donate_argnums=(0,))
-
-
 def make_forward(model):
   """jit (params, images [n], keys [n]) -> bits/dim [n]: one ELBO pass, dropout off."""
   return jax.jit(functools.partial(steps.per_example_bpd, model, deterministic=True))
@@ -152,14 +145,29 @@ def compile_timed(fn, *args):
   return compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
-def compiled_flops(compiled):
-  """FLOPs of one execution of ``compiled`` on one device (XLA's cost analysis), or None when
-  the backend gives none. Older jax returns a list of one dict per program, newer a dict."""
-  analysis = compiled.cost_analysis()
+def flops_of(stage):
+  """FLOPs of one execution of a lowered or compiled program on one device (XLA's cost
+  analysis), or None when the backend gives none. Older jax returns a list of one dict per
+  program, newer a dict."""
+  analysis = stage.cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else None
   flops = (analysis or {}).get('flops')
   return None if flops is None or flops <= 0 else float(flops)
+
+
+def plain_config(config):
+  """``config`` with model.scan_layers and model.remat off, or None when both already are.
+
+  XLA's cost analysis counts the body of a loop once, so a scanned model's FLOPs come out
+  several times too small; and remat's recomputation is not model work. FLOPs (and so MFU)
+  are therefore counted on the plain program, which computes the same function.
+  """
+  if not (config.model.scan_layers or config.model.remat):
+    return None
+  plain = config.copy_and_resolve_references()
+  plain.model.scan_layers = plain.model.remat = False
+  return plain
 
 
 def compiled_memory(compiled) -> dict:
@@ -250,6 +258,23 @@ def forward_keys(seed: int, n: int):
   return steps.example_keys(seed, steps.EVAL_TAG, jnp.arange(n))
 
 
+def train_args(exp, abstract_state):
+  """Abstract (state, images, positions) of the pmapped train step, from shapes alone."""
+  devices, config = jax.local_device_count(), exp.config
+  per = config.batch_size // devices
+  return (per_device(abstract_state),
+          jax.ShapeDtypeStruct((devices, per, *config.model.image_shape), jnp.uint8),
+          jax.ShapeDtypeStruct((devices, per), jnp.int32))
+
+
+def forward_args(exp, abstract_state, n: int):
+  """Abstract (params, images [n], keys [n]) of make_forward."""
+  config = exp.config
+  return (abstract_state.params,
+          jax.ShapeDtypeStruct((n, *config.model.image_shape), jnp.uint8),
+          jax.eval_shape(functools.partial(forward_keys, config.seed, n)))
+
+
 def compile_figures(exp, sample_num: int):
   """Compiles the train step and a forward pass on ``sample_num`` images, from shapes alone.
 
@@ -257,24 +282,31 @@ def compile_figures(exp, sample_num: int):
   """
   config = exp.config
   devices = jax.local_device_count()
-  abstract_state = exp.abstract_state()  # traced, never allocated
   say(f'compiling the train step (global batch {config.batch_size} on {devices} device(s))')
-  p_train, lower_s, compile_s = compile_timed(
-      make_p_train(exp), per_device(abstract_state),
-      jax.ShapeDtypeStruct((devices, config.batch_size // devices, *config.model.image_shape),
-                           jnp.uint8),
-      jax.ShapeDtypeStruct((devices, config.batch_size // devices), jnp.int32))
+  abstract_state = exp.abstract_state()  # traced, never allocated
+  p_train, lower_s, compile_s = compile_timed(train.make_train_step(exp),
+                                              *train_args(exp, abstract_state))
   figures = {'train_lower_s': lower_s, 'train_compile_s': compile_s}
-  train_flops = compiled_flops(p_train)
-  figures['train_flops_per_image'] = (
-      None if train_flops is None else train_flops / (config.batch_size // devices))
   figures.update(compiled_memory(p_train))
   say(f'compiling a forward pass on {sample_num} images')
-  forward, _, _ = compile_timed(
-      make_forward(exp.model), abstract_state.params,
-      jax.ShapeDtypeStruct((sample_num, *config.model.image_shape), jnp.uint8),
-      jax.eval_shape(functools.partial(forward_keys, config.seed, sample_num)))
-  forward_flops = compiled_flops(forward)
+  forward, _, _ = compile_timed(make_forward(exp.model),
+                                *forward_args(exp, abstract_state, sample_num))
+  plain = plain_config(config)
+  if plain is None:
+    train_flops, forward_flops = flops_of(p_train), flops_of(forward)
+  else:
+    say('counting FLOPs on the model without scan_layers and remat (lowered, not compiled)')
+    plain_exp = SyntheticExperiment(plain, num_test=0)
+    try:
+      plain_state = plain_exp.abstract_state()
+      train_flops = flops_of(train.make_train_step(plain_exp).lower(
+          *train_args(plain_exp, plain_state)))
+      forward_flops = flops_of(make_forward(plain_exp.model).lower(
+          *forward_args(plain_exp, plain_state, sample_num)))
+    finally:
+      plain_exp.close()
+  figures['train_flops_per_image'] = (
+      None if train_flops is None else train_flops / (config.batch_size // devices))
   figures['forward_flops_per_image'] = (
       None if forward_flops is None else forward_flops / sample_num)
   return figures, p_train, forward
@@ -377,11 +409,7 @@ def main(argv):
     fail(f'--steps and --sample_num must be >= 1, got {_STEPS.value} and {_SAMPLE_NUM.value}')
   if jax.process_count() > 1:
     fail('the benchmark runs on one host; run it without jax.distributed')
-  try:
-    config = flags.FLAGS.config
-    config.model  # pylint: disable=pointless-statement  (a failed load raises on first use)
-  except OSError as e:
-    fail(str(e).splitlines()[0] + f' ({flags.FLAGS["config"].serialize()} not found?)')
+  config = main_lib.load_config()
   try:
     exp = SyntheticExperiment(config, num_test=config.eval.batch_size * _STEPS.value)
   except ValueError as e:
