@@ -10,8 +10,7 @@ split over whatever devices JAX sees). Expected test bits/dim: about 3.17 after 
 Layers are scanned (model.scan_layers) so that the train step compiles in about two minutes on
 a CPU whatever the depth. Train step memory from XLA's
 compiled memory analysis, per device at 8 images: 9.0 GB without remat (fits a 16 GiB TPU core or an
-80 GiB H100), 2.0 GB with --config.model.remat=True. On a CPU pass --config.model.scan_layers=False: XLA:CPU
-runs scanned backward passes ~5x slower.
+80 GiB H100), 2.0 GB with --config.model.remat=True.
 """
 from flowpp_jax import config_defaults as d
 

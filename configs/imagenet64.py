@@ -11,8 +11,7 @@ official code's version has holes at the boundaries and a negative stretch).
 Layers are scanned (model.scan_layers) so that the train step compiles in about two minutes on
 a CPU whatever the depth, and rematerialised (model.remat) to fit. Train step memory from XLA's
 compiled memory analysis, per device at 9 images, with remat: 4.0 GB (fits a 16 GiB TPU core or an
-80 GiB H100). On a CPU pass --config.model.scan_layers=False: XLA:CPU
-runs scanned backward passes ~5x slower.
+80 GiB H100).
 """
 from flowpp_jax import config_defaults as d
 

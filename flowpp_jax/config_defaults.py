@@ -38,8 +38,7 @@ def model_config(*, image_shape, main, dequant, dropout: float, num_levels: int 
   matmuls and convs (the flow math, log-dets and loss stay float32). remat: recompute each
   coupling step's activations in the backward pass instead of storing them. scan_layers:
   compile repeated coupling steps and conditioner blocks once, as nn.scan loops (compile time
-  flat in depth, parameters stacked), instead of unrolled (XLA:CPU runs the unrolled model's
-  backward pass ~5x faster)."""
+  flat in depth, parameters stacked), instead of unrolled."""
   return ml_collections.ConfigDict(dict(
       image_shape=tuple(image_shape), num_levels=num_levels, dropout=dropout, norm=norm,
       checkerboard=checkerboard, compute_dtype=compute_dtype, remat=remat,

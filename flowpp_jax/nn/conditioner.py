@@ -132,7 +132,7 @@ class GatedStack(_BlockSettings):
   ``scan=True`` runs the blocks under ``nn.scan``: their parameters are stacked on a leading
   [blocks] axis (params['blocks']) and XLA compiles one block, not ``blocks`` copies, so
   compile time does not grow with depth. ``scan=False`` builds params['block0'], ... and
-  unrolls them (XLA:CPU runs the backward pass of the rolled loop ~5x slower: see README).
+  unrolls them.
   """
   blocks: int = 1
   scan: bool = True

@@ -31,6 +31,57 @@ def normal_init(stddev: float):
   return init
 
 
+def _conv(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def _conv_explicit_grad(x, w):
+  return _conv(x, w)
+
+
+def _conv_explicit_grad_fwd(x, w):
+  return _conv(x, w), (x, w)
+
+
+def _conv_explicit_grad_bwd(residuals, dy):
+  x, w = residuals
+  k, h, width = w.shape[0], x.shape[1], x.shape[2]
+  # d/dx: the same 'SAME' convolution of dy with the kernel flipped in space and its in/out
+  # channels swapped (odd k: the padding is symmetric).
+  dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))
+  # d/dw[i, j] = sum over batch and positions of x shifted by (i, j) times dy: k*k matmuls.
+  pad = k // 2
+  x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  acc = at_least_float32(w.dtype)
+  dw = jnp.stack([jnp.stack([
+      jnp.einsum('bhwc,bhwo->co', x_pad[:, i:i + h, j:j + width], dy,
+                 preferred_element_type=acc) for j in range(k)]) for i in range(k)])
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_conv_explicit_grad.defvjp(_conv_explicit_grad_fwd, _conv_explicit_grad_bwd)
+
+
+def conv2d(x, w):
+  """'SAME', stride-1 convolution: x [B, H, W, Cin], w [k, k, Cin, Cout] (k odd) ->
+  [B, H, W, Cout].
+
+  On the CPU backend its gradient is written out: the input gradient as a forward
+  convolution with the flipped kernel, the kernel gradient as k*k matmuls. XLA:CPU runs the
+  backward convolutions autodiff emits through a generic, slow emitter when they sit inside a
+  loop body (``model.scan_layers``): measured 27x slower than the same layers unrolled (four
+  3x3 convs, 96 channels, batch 64), against 1.0x with the written-out gradient, which is
+  also a little faster unrolled. Other backends keep autodiff's convolutions (cuDNN, TPU).
+  """
+  if w.shape[0] % 2 != 1 or w.shape[0] != w.shape[1]:
+    raise ValueError(f'conv2d takes square kernels of odd size, got {w.shape[:2]}')
+  if jax.default_backend() == 'cpu':
+    return _conv_explicit_grad(x, w)
+  return _conv(x, w)
+
+
 def concat_elu(x):
   """elu([x, -x]) on the last axis: [..., C] -> [..., 2C]."""
   return jax.nn.elu(jnp.concatenate([x, -x], axis=-1))
@@ -63,8 +114,7 @@ class Conv(nn.Module):
     if self.kernel_size == 1:
       y = jnp.einsum('...c,cd->...d', x, w)
     else:
-      y = lax.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = conv2d(x, w)
     return y.astype(out_dtype)
 
   @nn.compact
