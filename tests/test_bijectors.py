@@ -15,11 +15,12 @@ conditioners' output layers amplified after init so the couplings are far from t
   * The log-dets of the two directions agree: log_det_fwd(x) == -log_det_inv(forward(x)), to
     float32 rounding (eps32 * D relative).
   * The log-det is the true Jacobian log-determinant: in float64 (x64 enabled, params and
-    inputs cast), jax.jacfwd of the whole batched map, flattened (tuples concatenated), is
+    inputs cast), jax.jacobian (reverse mode: the conditioner's attention, and its convs on
+    CPU, define custom VJPs) of the whole batched map, flattened (tuples concatenated), is
     block diagonal over examples (the map is per-example, off-diagonal blocks exactly 0) and
     slogdet of each diagonal block equals the returned log-det to 1e-9 relative, in the
     forward direction and in the inverse one (through the coupling's bisection, whose
-    custom_jvp supplies the derivative). The returned log-det is float64 there, so no layer
+    custom_jvp supplies the derivative, transposed here). The returned log-det is float64 there, so no layer
     or conditioner silently computes in float32.
   * jax.vmap over an extra leading axis of batches gives the per-batch results, in both
     directions, for initialised bijectors.
@@ -315,7 +316,7 @@ def test_log_det_matches_float64_jacobian(built):
         out, log_det = built.module.apply(variables, _unflat(v.reshape(B, -1), value),
                                           context, inverse=inverse)
         return _flat(out).reshape(-1), (out, log_det)
-      return jax.jacfwd(flat_map, has_aux=True)(_flat(value).reshape(-1))
+      return jax.jacrev(flat_map, has_aux=True)(_flat(value).reshape(-1))
 
     def jacobians(x):
       jac_fwd, (y, log_det_fwd) = jacobian(x, inverse=False)
