@@ -20,8 +20,8 @@ conditioners' output layers amplified after init so the couplings are far from t
     block diagonal over examples (the map is per-example, off-diagonal blocks exactly 0) and
     slogdet of each diagonal block equals the returned log-det to 1e-9 relative, in the
     forward direction and in the inverse one (through the coupling's bisection, whose
-    custom_jvp supplies the derivative, transposed here). The returned log-det is float64 there, so no layer
-    or conditioner silently computes in float32.
+    custom_jvp supplies the derivative, transposed here). The returned log-det is float64
+    there, so no layer or conditioner silently computes in float32.
   * jax.vmap over an extra leading axis of batches gives the per-batch results, in both
     directions, for initialised bijectors.
   * A conditional coupling really uses its context (changing it changes the output).
