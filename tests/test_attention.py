@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 from scipy import special
 
-from flowpp_jax.nn.attention import attention
+from flowpp_jax.nn.attention import attention, default_query_chunk, unchunked
 
 try:  # Older jax versions.
   from jax.experimental import enable_x64
 except ImportError:  # Newer jax: the context manager lives at top level.
   enable_x64 = jax.enable_x64
 
-SHAPE_Q, SHAPE_KV = (2, 3, 7, 5), (2, 3, 11, 5)  # [B, heads, T, d], [B, heads, S, d]
+SHAPE_Q, SHAPE_KV = (2, 3, 8, 5), (2, 3, 11, 5)  # [B, heads, T, d], [B, heads, S, d]
 
 
 def _inputs(seed, scale=1.0):
@@ -39,14 +39,17 @@ def _grads(fn, q, k, v, cotangent):
   return jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
 
 
-def test_float64_values_and_gradients_match_references():
+@pytest.mark.parametrize('query_chunk', [None, 1, 2, 4, 8])
+def test_float64_values_and_gradients_match_references(query_chunk):
+  """Whole and in chunks of queries (a loop whose dk, dv gradients accumulate over chunks)."""
   with enable_x64(True):
     q, k, v = (jnp.asarray(a, jnp.float64) for a in _inputs(0))
-    out = attention(q, k, v, jnp.float64)
+    fn = lambda *a: attention(*a, jnp.float64, query_chunk)
+    out = fn(q, k, v)
     assert out.dtype == jnp.float64
     np.testing.assert_allclose(out, _scipy_attention(*_inputs(0)), rtol=1e-12, atol=1e-13)
     cotangent = jnp.asarray(np.random.default_rng(1).normal(size=out.shape))
-    for got, want in zip(_grads(lambda *a: attention(*a, jnp.float64), q, k, v, cotangent),
+    for got, want in zip(_grads(fn, q, k, v, cotangent),
                          _grads(_textbook, q, k, v, cotangent)):
       assert got.dtype == jnp.float64
       np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
@@ -97,14 +100,43 @@ def test_bfloat16_products_keep_float32_results():
     assert got.dtype == jnp.float32 and np.all(np.isfinite(got))
 
 
-def test_vmap_and_checkpoint_agree_with_plain_calls():
+@pytest.mark.parametrize('query_chunk', [None, 2])
+def test_vmap_and_checkpoint_agree_with_plain_calls(query_chunk):
   """The model calls it per example (vmap) and, with model.remat, under jax.checkpoint."""
+  fn = lambda *a: attention(*a, jnp.float32, query_chunk)
   q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(6))
   cotangent = jnp.asarray(np.random.default_rng(7).normal(size=SHAPE_Q), jnp.float32)
-  plain = _grads(attention, q, k, v, cotangent)
-  per_example = jax.vmap(lambda *a: _grads(attention, *(x[None] for x in a)))(
-      q, k, v, cotangent)
-  rematted = _grads(jax.checkpoint(attention), q, k, v, cotangent)
+  plain = _grads(fn, q, k, v, cotangent)
+  per_example = jax.vmap(lambda *a: _grads(fn, *(x[None] for x in a)))(q, k, v, cotangent)
+  rematted = _grads(jax.checkpoint(fn), q, k, v, cotangent)
   for a, b, c in zip(plain, per_example, rematted):
     np.testing.assert_allclose(np.asarray(b)[:, 0], a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(c, a, rtol=1e-6, atol=1e-7)
+
+
+def test_default_chunk_divides_the_queries_and_bad_chunks_are_refused():
+  chunk = default_query_chunk(512, 512)
+  if jax.default_backend() == 'cpu':
+    assert chunk == 128
+    assert default_query_chunk(12, 1 << 20) == 1 and default_query_chunk(7, 1) == 7
+    assert 1000 % default_query_chunk(1000, 600) == 0
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(8))
+  for bad in (0, 3, 16):
+    with pytest.raises(ValueError, match='query_chunk'):
+      attention(q, k, v, jnp.float32, bad)
+
+
+def test_unchunked_traces_one_block_for_the_cost_analysis():
+  """XLA counts a loop body once: under unchunked() the count covers every query."""
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(9))
+
+  def flops(**kwargs):
+    analysis = jax.jit(lambda *a: attention(*a, **kwargs)).lower(q, k, v).cost_analysis()
+    return (analysis[0] if isinstance(analysis, (list, tuple)) else analysis)['flops']
+
+  whole = flops(query_chunk=None)
+  assert flops(query_chunk=2) < whole / 2  # one of four chunks counted
+  with unchunked():
+    assert default_query_chunk(512, 512) is None
+    assert flops() == whole
+  assert default_query_chunk(512, 512) == (128 if jax.default_backend() == 'cpu' else None)
