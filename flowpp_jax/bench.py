@@ -9,8 +9,9 @@ init (Experiment.init_state), on random uint8 images of the config's model.image
 num_levels instead of the data set (nothing is read or downloaded). Measures the train step's
 lowering and compilation time, step time and images/s at the global config.batch_size, FLOPs
 per image (XLA's cost analysis of the compiled train step, per device, over the per-device
-batch: the optimiser update is included, amortised; and of a forward ELBO pass; with
-model.scan_layers or model.remat on, of the lowered program without them: see plain_config),
+batch: the optimiser update is included, amortised; and of a forward ELBO pass; counted on
+the lowered program without loops: no model.scan_layers, no model.remat, the attention in one
+block; see plain_config),
 MFU, device memory (XLA's memory analysis of the compiled step, and the runtime peak where the
 device reports one), eval images/s at config.eval.batch_size, the time to sample --sample_num
 images and its ratio to one forward pass on as many images, and max |y - f^-1(f(y))| of the
@@ -40,6 +41,7 @@ from flowpp_jax import (accelerators, evaluate, experiment, parallel, sampling, 
 # benchmark shares its config loading, override parsing and error lines.
 from flowpp_jax import main as main_lib
 from flowpp_jax.main import fail, parse_flags
+from flowpp_jax.nn import attention
 
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed repetitions of each measurement (train '
                               'steps, eval batches, forward passes, samplings), after one '
@@ -161,7 +163,8 @@ def plain_config(config):
 
   XLA's cost analysis counts the body of a loop once, so a scanned model's FLOPs come out
   several times too small; and remat's recomputation is not model work. FLOPs (and so MFU)
-  are therefore counted on the plain program, which computes the same function.
+  are therefore counted on the plain program, which computes the same function (traced
+  under ``attention.unchunked()`` too, for the attention's loop over query chunks).
   """
   if not (config.model.scan_layers or config.model.remat):
     return None
@@ -292,19 +295,18 @@ def compile_figures(exp, sample_num: int):
   forward, _, _ = compile_timed(make_forward(exp.model),
                                 *forward_args(exp, abstract_state, sample_num))
   plain = plain_config(config)
-  if plain is None:
-    train_flops, forward_flops = flops_of(p_train), flops_of(forward)
-  else:
-    say('counting FLOPs on the model without scan_layers and remat (lowered, not compiled)')
-    plain_exp = SyntheticExperiment(plain, num_test=0)
-    try:
-      plain_state = plain_exp.abstract_state()
-      train_flops = flops_of(train.make_train_step(plain_exp).lower(
-          *train_args(plain_exp, plain_state)))
-      forward_flops = flops_of(make_forward(plain_exp.model).lower(
-          *forward_args(plain_exp, plain_state, sample_num)))
-    finally:
-      plain_exp.close()
+  say('counting FLOPs on the model without loops (lowered, not compiled)')
+  flops_exp = exp if plain is None else SyntheticExperiment(plain, num_test=0)
+  try:
+    with attention.unchunked():  # the attention's query loop, on the CPU
+      flops_state = flops_exp.abstract_state()
+      train_flops = flops_of(train.make_train_step(flops_exp).lower(
+          *train_args(flops_exp, flops_state)))
+      forward_flops = flops_of(make_forward(flops_exp.model).lower(
+          *forward_args(flops_exp, flops_state, sample_num)))
+  finally:
+    if flops_exp is not exp:
+      flops_exp.close()
   figures['train_flops_per_image'] = (
       None if train_flops is None else train_flops / (config.batch_size // devices))
   figures['forward_flops_per_image'] = (
