@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpp_jax import (accelerators, evaluate, experiment, parallel, sampling, steps,
-                        train)
+from flowpp_jax import (accelerators, evaluate, experiment, host_memory, parallel, sampling,
+                        steps, train)
 # Importing main defines --config (and main's other flags, refused in main() below): the
 # benchmark shares its config loading, override parsing and error lines.
 from flowpp_jax import main as main_lib
@@ -373,6 +373,8 @@ def context(config, argv) -> dict:
       # Which published peak MFU divides by (None: the device is not in the table).
       'peak_basis': accelerators.basis(devices[0].device_kind, config.model.compute_dtype),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      # glibc.malloc.hugetlb=1 unless opted out: see host_memory.
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'compilation_cache': bool(jax.config.jax_compilation_cache_dir),
   }
 
@@ -429,5 +431,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()  # first: glibc reads it at start-up only
   flags.mark_flag_as_required('config')
   app.run(main, flags_parser=parse_flags)
