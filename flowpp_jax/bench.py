@@ -30,13 +30,18 @@ import sys
 import tempfile
 import time
 
+from flowpp_jax import host_memory
+
+if __name__ == '__main__':  # before the heavy imports, which a re-execution would repeat
+  host_memory.reexec_with_huge_pages()
+
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpp_jax import (accelerators, evaluate, experiment, host_memory, parallel, sampling,
-                        steps, train)
+from flowpp_jax import (accelerators, evaluate, experiment, parallel, sampling, steps,
+                        train)
 # Importing main defines --config (and main's other flags, refused in main() below): the
 # benchmark shares its config loading, override parsing and error lines.
 from flowpp_jax import main as main_lib
@@ -431,6 +436,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_memory.reexec_with_huge_pages()  # first: glibc reads it at start-up only
   flags.mark_flag_as_required('config')
   app.run(main, flags_parser=parse_flags)

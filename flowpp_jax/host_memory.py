@@ -10,7 +10,7 @@ start-up, so the entry points re-execute themselves once with it set (see README
 """
 import os
 import sys
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 TUNABLE = 'glibc.malloc.hugetlb=1'
 OPT_OUT = 'FLOWPP_KEEP_MALLOC'
@@ -48,18 +48,16 @@ def tuned_environment(environ: Mapping[str, str]) -> Optional[dict]:
   return env
 
 
-def reexec_with_huge_pages(argv: Sequence[str] = ()) -> None:
-  """Replaces this process by the same command with the tunable set, when it applies.
+def reexec_with_huge_pages() -> None:
+  """Replaces this process by the same command line (``sys.orig_argv``: ``-m module`` and
+  interpreter options kept) with the tunable set, when it applies.
 
-  Call it first thing under ``if __name__ == '__main__'``: nothing done before it survives.
-  ``argv`` defaults to the command line as the interpreter received it (``-m module`` kept).
+  Call it under ``if __name__ == '__main__'`` before anything else: nothing done before it
+  survives, and imports before it are paid twice.
   """
   env = tuned_environment(os.environ)
   if env is None:
     return
-  argv = list(argv or getattr(sys, 'orig_argv', ()))
-  if not argv:  # Python < 3.10 has no orig_argv; the project needs 3.11, this is a guard.
-    return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

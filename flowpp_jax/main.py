@@ -14,11 +14,15 @@ Bad input prints one `error: ...` line and exits with status 2.
 """
 import sys
 
+from flowpp_jax import host_memory
+
+if __name__ == '__main__':  # before the heavy imports, which a re-execution would repeat
+  host_memory.reexec_with_huge_pages()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flowpp_jax import distributed
-from flowpp_jax import host_memory
 from flowpp_jax import model as model_lib
 from flowpp_jax import summary
 
@@ -127,6 +131,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  host_memory.reexec_with_huge_pages()  # first: glibc reads it at start-up only
   flags.mark_flag_as_required('config')
   app.run(main, flags_parser=parse_flags)
