@@ -75,25 +75,22 @@ def _chunks(x, chunk):
   return jnp.moveaxis(x.reshape(n, t // chunk, chunk, e), 1, 0)
 
 
-def _unchunk(x):
-  """[T / chunk, N, chunk, e] -> [N, T, e]."""
-  c, n, chunk, e = x.shape
-  return jnp.moveaxis(x, 0, 1).reshape(n, c * chunk, e)
+def _unchunk(x, axis):
+  """Joins the chunks of the loop's leading axis along ``axis`` (-2 or -1) of each chunk:
+  [T / chunk, N, chunk, e] -> [N, T, e] (axis -2), [T / chunk, N, e, chunk] -> [N, e, T] (-1)."""
+  n_chunks, n, a, b = x.shape
+  x = jnp.moveaxis(x, 0, axis - 1)  # the chunk index just ahead of the axis it joins
+  return x.reshape((n, n_chunks * a, b) if axis == -2 else (n, a, n_chunks * b))
 
 
-def _unchunk_columns(x):
-  """[T / chunk, N, e, chunk] -> [N, e, T]."""
-  c, n, e, chunk = x.shape
-  return jnp.moveaxis(x, 0, 2).reshape(n, e, c * chunk)
-
-
-def _by_chunks(body, init, xs, chunk, num_queries, unchunk=_unchunk):
+def _by_chunks(body, init, xs, chunk, num_queries, out_axis=-2):
   """lax.scan of ``body`` over query chunks of the [N, T, .] arrays ``xs`` (one chunk: a
-  plain call). Returns (carry, the outputs of the chunks joined by ``unchunk``)."""
+  plain call). Returns (carry, outputs with their chunks joined along ``out_axis``: -2 for
+  [N, T, .] outputs, -1 for [N, ., T])."""
   if chunk is None or chunk >= num_queries:
     return body(init, xs)
   carry, out = lax.scan(body, init, tuple(_chunks(x, chunk) for x in xs))
-  return carry, jax.tree_util.tree_map(unchunk, out)
+  return carry, jax.tree_util.tree_map(lambda x: _unchunk(x, out_axis), out)
 
 
 def _forward(q, k, v, dtype, chunk):
@@ -156,7 +153,7 @@ def _attention_bwd(dtype, chunk, residuals, dout):
   k_t = jnp.swapaxes(k, -1, -2)  # [N, d, S]
   zeros = jnp.zeros(k.shape, out.dtype)
   (dk, dv), dq_t = _by_chunks(block, (zeros, zeros), (q, out, lse, dout), chunk, q.shape[-2],
-                              unchunk=_unchunk_columns)
+                              out_axis=-1)
   dq = jnp.swapaxes(dq_t, -1, -2)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
