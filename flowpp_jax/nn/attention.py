@@ -4,11 +4,11 @@ The conditioner's self-attention (Flow++ section 3.3) runs over every position o
 feature map, so its [T, T] weights are the largest tensors of the model: 8 MiB per image and
 block at CIFAR-10's 512 positions and 4 heads. Reverse-mode autodiff of the plain formula
 stores those weights for the backward pass and makes several more passes over [T, T] arrays
-(one of them a materialised broadcast). Here the forward pass keeps only the output and each
-row's log-sum-exp, and the backward pass recomputes the weights from q and k and uses the
-identity rowsum(p * dp) = rowsum(dout * out) (the gradient of Dao et al. 2022's
-FlashAttention): the same gradient with [T, d] residuals instead of [T, T], and fewer passes
-over [T, T] (measured: see README, "Performance").
+(one of them a materialised broadcast). Here the forward pass keeps only the output, and the
+backward pass recomputes the weights from q and k and uses the identity rowsum(p * dp) =
+rowsum(dout * out) (the gradient of Dao et al. 2022's FlashAttention): the same gradient with
+[T, d] residuals instead of [T, T], and fewer passes over [T, T] (measured: see README,
+"Performance").
 
 Both passes can walk the queries in chunks (``query_chunk``), a loop whose body holds one
 [chunk, S] block of weights per head: on the CPU that block is reused from iteration to
@@ -94,7 +94,7 @@ def _by_chunks(body, init, xs, chunk, num_queries, out_axis=-2):
 
 
 def _forward(q, k, v, dtype, chunk):
-  """(output [N, T, d], row log-sum-exp of the scores [N, T, 1]), at least float32."""
+  """The output [N, T, d], at least float32."""
   q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # on [T, d], not on the [T, S] scores
 
   def block(_, xs):
@@ -107,24 +107,28 @@ def _forward(q, k, v, dtype, chunk):
     # Normalising the [T, d] product instead of the [T, S] weights saves a pass. (Summing
     # by a ones column appended to v measured 2x slower on XLA:CPU: an odd width of 25.)
     out = _matmul('nts,nsd->ntd', weights, v, dtype)
-    return None, (out / row_sum, row_max + jnp.log(row_sum))
+    return None, out / row_sum
 
-  _, (out, lse) = _by_chunks(block, None, (q,), chunk, q.shape[-2])
-  return out, lse
+  return _by_chunks(block, None, (q,), chunk, q.shape[-2])[1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _attention(q, k, v, dtype, chunk):
-  return _forward(q, k, v, dtype, chunk)[0]
+  return _forward(q, k, v, dtype, chunk)
 
 
 def _attention_fwd(q, k, v, dtype, chunk):
-  out, lse = _forward(q, k, v, dtype, chunk)
-  return out, (q, k, v, out, lse)
+  # Only the output is kept, not each row's log-sum-exp as FlashAttention does: with a second
+  # output XLA:CPU no longer compiles a query chunk's products, max, exp and sum into one
+  # kernel, and the unfused chunk took twice as long (jax 0.10.2); the backward pass
+  # recomputes the row max and sum instead, fused into its scores product (README,
+  # "Performance").
+  out = _forward(q, k, v, dtype, chunk)
+  return out, (q, k, v, out)
 
 
 def _attention_bwd(dtype, chunk, residuals, dout):
-  q, k, v, out, lse = residuals
+  q, k, v, out = residuals
   dout = dout.astype(out.dtype)
   scale = 1 / jnp.sqrt(q.shape[-1]).astype(out.dtype)
   keys_first = lambda x: jnp.swapaxes(x, -1, -2)  # [N, T, 1] -> [N, 1, T]
@@ -134,10 +138,11 @@ def _attention_bwd(dtype, chunk, residuals, dout):
   # [T, S] layout) fell back to a kernel measured 5x slower.
   def block(carry, xs):
     dk, dv = carry
-    q_block, out_block, lse_block, dout_block = xs
-    # The forward pass's softmax, recomputed.
-    weights = jnp.exp(_matmul('nsd,ntd->nst', k, q_block * scale, dtype)
-                      - keys_first(lse_block))
+    q_block, out_block, dout_block = xs
+    # The forward pass's softmax, recomputed; over the keys, axis -2 of the [S, T] block.
+    scores = _matmul('nsd,ntd->nst', k, q_block * scale, dtype)
+    unnormalised = jnp.exp(scores - jnp.max(scores, axis=-2, keepdims=True))
+    weights = unnormalised * (1 / jnp.sum(unnormalised, axis=-2, keepdims=True))
     dv = dv + _matmul('nst,ntd->nsd', weights, dout_block, dtype)
     # Softmax backward: dscores = w * (dw - rowsum(w * dw)), and rowsum(w * dw) =
     # rowsum(dout * out), a [T, d] reduction in place of a [T, S] one.
@@ -152,7 +157,7 @@ def _attention_bwd(dtype, chunk, residuals, dout):
 
   k_t = jnp.swapaxes(k, -1, -2)  # [N, d, S]
   zeros = jnp.zeros(k.shape, out.dtype)
-  (dk, dv), dq_t = _by_chunks(block, (zeros, zeros), (q, out, lse, dout), chunk, q.shape[-2],
+  (dk, dv), dq_t = _by_chunks(block, (zeros, zeros), (q, out, dout), chunk, q.shape[-2],
                               out_axis=-1)
   dq = jnp.swapaxes(dq_t, -1, -2)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
