@@ -39,12 +39,15 @@ def _grads(fn, q, k, v, cotangent):
   return jax.grad(lambda *a: jnp.sum(fn(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
 
 
+@pytest.mark.parametrize('save_lse', [False, True])
 @pytest.mark.parametrize('query_chunk', [None, 1, 2, 4, 8])
-def test_float64_values_and_gradients_match_references(query_chunk):
-  """Whole and in chunks of queries (a loop whose dk, dv gradients accumulate over chunks)."""
+def test_float64_values_and_gradients_match_references(query_chunk, save_lse):
+  """Whole and in chunks of queries (a loop whose dk, dv gradients accumulate over chunks);
+  the backward pass recomputing each row's max and sum (the CPU's default) or reading the
+  forward pass's log-sum-exp (the other backends')."""
   with enable_x64(True):
     q, k, v = (jnp.asarray(a, jnp.float64) for a in _inputs(0))
-    fn = lambda *a: attention(*a, jnp.float64, query_chunk)
+    fn = lambda *a: attention(*a, jnp.float64, query_chunk, save_lse)
     out = fn(q, k, v)
     assert out.dtype == jnp.float64
     np.testing.assert_allclose(out, _scipy_attention(*_inputs(0)), rtol=1e-12, atol=1e-13)
@@ -100,10 +103,11 @@ def test_bfloat16_products_keep_float32_results():
     assert got.dtype == jnp.float32 and np.all(np.isfinite(got))
 
 
+@pytest.mark.parametrize('save_lse', [False, True])
 @pytest.mark.parametrize('query_chunk', [None, 2])
-def test_vmap_and_checkpoint_agree_with_plain_calls(query_chunk):
+def test_vmap_and_checkpoint_agree_with_plain_calls(query_chunk, save_lse):
   """The model calls it per example (vmap) and, with model.remat, under jax.checkpoint."""
-  fn = lambda *a: attention(*a, jnp.float32, query_chunk)
+  fn = lambda *a: attention(*a, jnp.float32, query_chunk, save_lse)
   q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(6))
   cotangent = jnp.asarray(np.random.default_rng(7).normal(size=SHAPE_Q), jnp.float32)
   plain = _grads(fn, q, k, v, cotangent)

@@ -8,7 +8,9 @@ stores those weights for the backward pass and makes several more passes over [T
 backward pass recomputes the weights from q and k and uses the identity rowsum(p * dp) =
 rowsum(dout * out) (the gradient of Dao et al. 2022's FlashAttention): the same gradient with
 [T, d] residuals instead of [T, T], and fewer passes over [T, T] (measured: see README,
-"Performance").
+"Performance"). Off the CPU the forward pass also keeps each row's log-sum-exp, as
+FlashAttention does; on the CPU the backward pass recomputes each row's max and sum instead
+(see _attention_fwd).
 
 Both passes can walk the queries in chunks (``query_chunk``), a loop whose body holds one
 [chunk, S] block of weights per head: on the CPU that block is reused from iteration to
@@ -94,7 +96,7 @@ def _by_chunks(body, init, xs, chunk, num_queries, out_axis=-2):
 
 
 def _forward(q, k, v, dtype, chunk):
-  """The output [N, T, d], at least float32."""
+  """(output [N, T, d], row log-sum-exp of the scores [N, T, 1]), at least float32."""
   q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)  # on [T, d], not on the [T, S] scores
 
   def block(_, xs):
@@ -107,28 +109,27 @@ def _forward(q, k, v, dtype, chunk):
     # Normalising the [T, d] product instead of the [T, S] weights saves a pass. (Summing
     # by a ones column appended to v measured 2x slower on XLA:CPU: an odd width of 25.)
     out = _matmul('nts,nsd->ntd', weights, v, dtype)
-    return None, out / row_sum
+    return None, (out / row_sum, row_max + jnp.log(row_sum))
 
   return _by_chunks(block, None, (q,), chunk, q.shape[-2])[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _attention(q, k, v, dtype, chunk):
-  return _forward(q, k, v, dtype, chunk)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _attention(q, k, v, dtype, chunk, save_lse):
+  return _forward(q, k, v, dtype, chunk)[0]
 
 
-def _attention_fwd(q, k, v, dtype, chunk):
-  # Only the output is kept, not each row's log-sum-exp as FlashAttention does: with a second
-  # output XLA:CPU no longer compiles a query chunk's products, max, exp and sum into one
-  # kernel, and the unfused chunk took twice as long (jax 0.10.2); the backward pass
-  # recomputes the row max and sum instead, fused into its scores product (README,
-  # "Performance").
-  out = _forward(q, k, v, dtype, chunk)
-  return out, (q, k, v, out)
+def _attention_fwd(q, k, v, dtype, chunk, save_lse):
+  # save_lse=False (the CPU): only the output is kept. With the log-sum-exp as a second
+  # output, XLA:CPU no longer compiles a query chunk's products, max, exp and sum into one
+  # kernel, and the unfused chunk took twice as long (jax 0.10.2); the backward pass then
+  # recomputes each row's max and sum, fused into its scores product (README, "Performance").
+  out, lse = _forward(q, k, v, dtype, chunk)
+  return out, (q, k, v, out, lse if save_lse else None)
 
 
-def _attention_bwd(dtype, chunk, residuals, dout):
-  q, k, v, out = residuals
+def _attention_bwd(dtype, chunk, save_lse, residuals, dout):
+  q, k, v, out, lse = residuals
   dout = dout.astype(out.dtype)
   scale = 1 / jnp.sqrt(q.shape[-1]).astype(out.dtype)
   keys_first = lambda x: jnp.swapaxes(x, -1, -2)  # [N, T, 1] -> [N, 1, T]
@@ -138,11 +139,15 @@ def _attention_bwd(dtype, chunk, residuals, dout):
   # [T, S] layout) fell back to a kernel measured 5x slower.
   def block(carry, xs):
     dk, dv = carry
-    q_block, out_block, dout_block = xs
-    # The forward pass's softmax, recomputed; over the keys, axis -2 of the [S, T] block.
+    q_block, out_block, dout_block = xs[:3]
+    # The forward pass's softmax, recomputed: from its saved log-sum-exp, or from the row max
+    # and sum over the keys (axis -2 of the [S, T] block).
     scores = _matmul('nsd,ntd->nst', k, q_block * scale, dtype)
-    unnormalised = jnp.exp(scores - jnp.max(scores, axis=-2, keepdims=True))
-    weights = unnormalised * (1 / jnp.sum(unnormalised, axis=-2, keepdims=True))
+    if save_lse:
+      weights = jnp.exp(scores - keys_first(xs[3]))
+    else:
+      unnormalised = jnp.exp(scores - jnp.max(scores, axis=-2, keepdims=True))
+      weights = unnormalised * (1 / jnp.sum(unnormalised, axis=-2, keepdims=True))
     dv = dv + _matmul('nst,ntd->nsd', weights, dout_block, dtype)
     # Softmax backward: dscores = w * (dw - rowsum(w * dw)), and rowsum(w * dw) =
     # rowsum(dout * out), a [T, d] reduction in place of a [T, S] one.
@@ -157,8 +162,8 @@ def _attention_bwd(dtype, chunk, residuals, dout):
 
   k_t = jnp.swapaxes(k, -1, -2)  # [N, d, S]
   zeros = jnp.zeros(k.shape, out.dtype)
-  (dk, dv), dq_t = _by_chunks(block, (zeros, zeros), (q, out, dout), chunk, q.shape[-2],
-                              out_axis=-1)
+  xs = (q, out, dout) + ((lse,) if save_lse else ())
+  (dk, dv), dq_t = _by_chunks(block, (zeros, zeros), xs, chunk, q.shape[-2], out_axis=-1)
   dq = jnp.swapaxes(dq_t, -1, -2)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
@@ -166,13 +171,16 @@ def _attention_bwd(dtype, chunk, residuals, dout):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1):
+def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1,
+              save_lse: Optional[bool] = None):
   """softmax(q k^T / sqrt(d)) v over the last-but-one axis.
 
   q [B, heads, T, d], k and v [B, heads, S, d] -> [B, heads, T, d] in at least float32.
   ``dtype`` is the dtype of the matrix products' operands (float32, or bfloat16 to halve
   them; float64 in the Jacobian tests). ``query_chunk`` queries are processed at a time; it
-  must divide T. None: all at once; -1 (the default): ``default_query_chunk``.
+  must divide T. None: all at once; -1 (the default): ``default_query_chunk``. ``save_lse``:
+  whether the backward pass reads each row's log-sum-exp from the forward pass (True) or
+  recomputes its max and sum (False); None: False on the CPU, True elsewhere.
   """
   t = q.shape[-2]
   if query_chunk == -1:
@@ -185,5 +193,7 @@ def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1):
   # back (six [T, S]-sized copies in the cifar10 forward pass, none with one batch axis;
   # cifar10 forward at batch 8 on jax 0.10.2: 2.11 -> 1.62 s, see README "Performance").
   flat = lambda x: x.reshape(-1, *x.shape[-2:])
-  out = _attention(flat(q), flat(k), flat(v), dtype, query_chunk)
+  if save_lse is None:
+    save_lse = jax.default_backend() != 'cpu'
+  out = _attention(flat(q), flat(k), flat(v), dtype, query_chunk, bool(save_lse))
   return out.reshape(q.shape[:-1] + v.shape[-1:])
