@@ -4,13 +4,12 @@ The conditioner's self-attention (Flow++ section 3.3) runs over every position o
 feature map, so its [T, T] weights are the largest tensors of the model: 8 MiB per image and
 block at CIFAR-10's 512 positions and 4 heads. Reverse-mode autodiff of the plain formula
 stores those weights for the backward pass and makes several more passes over [T, T] arrays
-(one of them a materialised broadcast). Here the forward pass keeps only the output, and the
-backward pass recomputes the weights from q and k and uses the identity rowsum(p * dp) =
+(one of them a materialised broadcast). Here the forward pass keeps only the output (and, off
+the CPU, each row's log-sum-exp, as FlashAttention does; see _attention_fwd), and the backward
+pass recomputes the weights from q and k and uses the identity rowsum(p * dp) =
 rowsum(dout * out) (the gradient of Dao et al. 2022's FlashAttention): the same gradient with
 [T, d] residuals instead of [T, T], and fewer passes over [T, T] (measured: see README,
-"Performance"). Off the CPU the forward pass also keeps each row's log-sum-exp, as
-FlashAttention does; on the CPU the backward pass recomputes each row's max and sum instead
-(see _attention_fwd).
+"Performance").
 
 Both passes can walk the queries in chunks (``query_chunk``), a loop whose body holds one
 [chunk, S] block of weights per head: on the CPU that block is reused from iteration to
