@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpp_jax import (accelerators, evaluate, experiment, parallel, sampling, steps,
-                        train)
+from flowpp_jax import (accelerators, cpu_devices, evaluate, experiment, parallel, sampling,
+                        steps, train)
 # Importing main defines --config (and main's other flags, refused in main() below): the
 # benchmark shares its config loading, override parsing and error lines.
 from flowpp_jax import main as main_lib
@@ -416,9 +416,13 @@ def main(argv):
       fail(f'--{flag.name} is a flag of flowpp_jax.main, not of the benchmark')
   if _STEPS.value < 1 or _SAMPLE_NUM.value < 1:
     fail(f'--steps and --sample_num must be >= 1, got {_STEPS.value} and {_SAMPLE_NUM.value}')
+  config = main_lib.load_config()
+  try:
+    cpu_devices.use_all_cores((config.batch_size, config.eval.batch_size))
+  except ValueError as e:
+    fail(str(e))
   if jax.process_count() > 1:
     fail('the benchmark runs on one host; run it without jax.distributed')
-  config = main_lib.load_config()
   try:
     exp = SyntheticExperiment(config, num_test=config.eval.batch_size * _STEPS.value)
   except ValueError as e:

@@ -22,6 +22,7 @@ if __name__ == '__main__':  # before the heavy imports, which a re-execution wou
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from flowpp_jax import cpu_devices
 from flowpp_jax import distributed
 from flowpp_jax import model as model_lib
 from flowpp_jax import summary
@@ -122,9 +123,12 @@ def main(argv):
       return
     if not _WORKDIR.value:
       fail(f'--workdir is required for --mode={_MODE.value}')
+    multi_process = (_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
+                     _PROCESS_ID.value)
+    processes = (distributed.initialize_args(*multi_process) or {}).get('num_processes', 1)
+    cpu_devices.use_all_cores((config.batch_size, config.eval.batch_size), processes)
     # After the checks above, so that bad input fails at once instead of waiting for the others.
-    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
-                           _PROCESS_ID.value)
+    distributed.initialize(*multi_process)
     run(_MODE.value, config, _WORKDIR.value)
   except ValueError as e:
     fail(f'{e}'.splitlines()[0])

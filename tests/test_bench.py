@@ -8,7 +8,7 @@ import sys
 import jax
 import pytest
 
-from flowpp_jax import accelerators
+from flowpp_jax import accelerators, cpu_devices
 from conftest import ROOT
 
 TINY = '--config=configs/digits.py:tiny'
@@ -30,9 +30,9 @@ COMPILE_FIGURES = ('train_lower_s', 'train_compile_s', 'train_flops_per_image',
 NOT_APPLICABLE_ON_CPU = ('mfu', 'peak_flops_per_s_per_device', 'peak_memory_bytes')
 
 
-def bench(*args):
+def bench(*args, env_add=None):
   # conftest's XLA flags and compilation cache reach the subprocess through the environment.
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **(env_add or {}))
   return subprocess.run([sys.executable, '-m', 'flowpp_jax.bench', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
@@ -61,7 +61,9 @@ def test_full_run_reports_every_figure(full_run):
   assert figures['config'] == 'configs/digits.py:tiny'
   assert figures['config_overrides'] == list(OVERRIDES)
   assert (figures['device_kind'], figures['platform']) == ('cpu', 'cpu')
-  assert figures['device_count'] == jax.device_count()
+  # One device per core, up to what divides the batch sizes (16 and 20).
+  assert figures['device_count'] == cpu_devices.divisor_count(cpu_devices.usable_cores(),
+                                                              (16, 20))
   assert figures['jax_version'] == jax.__version__
   assert (figures['batch_size'], figures['compute_dtype'], figures['steps'],
           figures['sample_num'], figures['compile_only']) == (16, 'float32', 2, 8, False)
@@ -81,10 +83,11 @@ def test_compile_only_runs_nothing():
   assert not any('throughput' in row for row in table)
 
 
-@pytest.mark.parametrize('flag', ['--config.model.compute_dtype=float16', '--steps=0',
-                                  '--workdir=/tmp/unused'])
-def test_bad_input_is_one_error_line(flag):
-  result = bench(TINY, flag)
+@pytest.mark.parametrize('flag,env_add', [
+    ('--config.model.compute_dtype=float16', None), ('--steps=0', None),
+    ('--workdir=/tmp/unused', None), ('--steps=1', {'FLOWPP_CPU_DEVICES': '0'})])
+def test_bad_input_is_one_error_line(flag, env_add):
+  result = bench(TINY, flag, env_add=env_add)
   assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), lines[-5:]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import flowpp_jax
-from flowpp_jax import datasets, experiment, train
+from flowpp_jax import cpu_devices, datasets, experiment, train
 from conftest import ROOT, load_config, tiny_model_config
 
 TINY = '--config=configs/digits.py:tiny'
@@ -63,6 +63,9 @@ def test_train_writes_metrics_eval_and_samples(trained):
   # Same draws: log-mean-exp >= mean-log (Jensen), so the IW bound is never worse.
   assert result['bpd_iw'] <= result['bpd'] < np.log2(17) + 1
   assert 'ETA' in stdout and 'bits/dim' in stdout
+  # One device per core (up to what divides the batch sizes, 16 and 20).
+  devices = cpu_devices.divisor_count(cpu_devices.usable_cores(), (16, 20))
+  assert f'on {devices} cpu device(s)' in stdout
   samples = np.load(workdir / 'samples' / 'step_00000024_t1.npy')
   assert samples.dtype == np.uint8 and samples.shape == (16, 8, 8, 1) and samples.max() <= 16
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -269,6 +272,7 @@ def test_other_architecture_is_refused_and_checkpoints_kept(trained, tmp_path):
     (['--config.batch_size=15'],
      {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}, ['divisible', '2 devices']),
     (['--config.dataset=cifar10'], {}, ['model.image_shape', 'cifar10']),
+    ([], {'FLOWPP_CPU_DEVICES': 'two'}, ['FLOWPP_CPU_DEVICES', 'positive integer']),
     (['--mode=eval'], {}, ['no checkpoint']),
 ])
 def test_bad_input_gives_one_error_line(tmp_path, args, env, fragments):
