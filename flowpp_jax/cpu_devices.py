@@ -6,9 +6,9 @@ core while the others wait: the scanned layers' loop bookkeeping, copies of resi
 fusions. In the cifar10 train step at batch 8 on the 2-core machine of README "Performance"
 (jax 0.10.2), the op time summed over both threads was only 1.3x the wall time. With one
 device per core, ``jax.pmap`` runs a slice of the global batch on each core at once, and each
-slice's serial stretches overlap the other's work: the same step at the same global batch
-(4 images per device) went from 9.1-9.8 s to 7.3 s on jax 0.10.2 and from 7.9-8.2 s to
-7.2 s on jax 0.12.
+slice's serial stretches overlap the other's work. The same step at the same global batch
+(4 images per device), median of 15 steps with one and two devices run alternately: 8.45 ->
+7.37 s on jax 0.10.2, 7.54 -> 6.60 s on jax 0.12.
 
 The entry points (``python -m flowpp_jax.main``, ``python -m flowpp_jax.bench``) call
 ``use_all_cores`` after reading the config and before JAX starts its backends. The count is
