@@ -21,6 +21,7 @@ processes go through gloo over TCP. This must run before anything touches a JAX 
 that.
 """
 import os
+from typing import Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -78,13 +79,9 @@ def initialize_args(distributed: bool = False, coordinator_address=None, num_pro
   return {'coordinator_address': address, 'num_processes': count, 'process_id': index}
 
 
-def initialize(distributed: bool = False, coordinator_address=None, num_processes=None,
-               process_id=None) -> None:
-  """Starts jax.distributed as the module docstring says; does nothing for a single process.
-
-  Blocks until all processes have joined. Raises ValueError for bad or incomplete settings.
-  """
-  kwargs = initialize_args(distributed, coordinator_address, num_processes, process_id)
+def initialize(kwargs: Optional[dict]) -> None:
+  """Starts jax.distributed with ``initialize_args``' result, as the module docstring says;
+  does nothing for a single process (None). Blocks until all processes have joined."""
   if kwargs is None:
     return
   # Read when the CPU backend is created: CPU processes run collectives with each other only

@@ -123,12 +123,12 @@ def main(argv):
       return
     if not _WORKDIR.value:
       fail(f'--workdir is required for --mode={_MODE.value}')
-    multi_process = (_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
-                     _PROCESS_ID.value)
-    processes = (distributed.initialize_args(*multi_process) or {}).get('num_processes', 1)
+    multi_process = distributed.initialize_args(
+        _DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    processes = (multi_process or {}).get('num_processes', 1)
     cpu_devices.use_all_cores((config.batch_size, config.eval.batch_size), processes)
     # After the checks above, so that bad input fails at once instead of waiting for the others.
-    distributed.initialize(*multi_process)
+    distributed.initialize(multi_process)
     run(_MODE.value, config, _WORKDIR.value)
   except ValueError as e:
     fail(f'{e}'.splitlines()[0])
