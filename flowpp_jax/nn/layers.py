@@ -82,9 +82,33 @@ def conv2d(x, w):
   return _conv(x, w)
 
 
+def plain_array(b):
+  """``b`` [F], unchanged; on the CPU backend as the product b I with the identity [F, F].
+
+  Under ``model.scan_layers`` each layer's bias is a dynamic slice of the stacked parameters,
+  and XLA:CPU fuses that slice into the elementwise ops that read it. When they read it
+  through two static slices, as the gate's halves and concat_elu's do, it emits that fusion
+  as scalar code with a scalar exp: the attention block's gate at 4 images took 1.1 ms
+  instead of 0.15 ms (jax 0.10.2 and 0.12). The product is exact (b_j * 1 plus zeros) and
+  costs F^2 multiply-adds, and its result is an ordinary array the fusion vectorises over.
+  Other backends get ``b`` as it is.
+  """
+  if jax.default_backend() != 'cpu':
+    return b
+  return jnp.dot(b, jnp.eye(b.shape[-1], dtype=b.dtype), precision=lax.Precision.HIGHEST)
+
+
 def concat_elu(x):
-  """elu([x, -x]) on the last axis: [..., C] -> [..., 2C]."""
-  return jax.nn.elu(jnp.concatenate([x, -x], axis=-1))
+  """elu([x, -x]) on the last axis: [..., C] -> [..., 2C].
+
+  One expm1 per input element instead of one per output element: where x > 0, elu(x) = x
+  and elu(-x) = expm1(-x); elsewhere elu(x) = expm1(x) and elu(-x) = -x. Values and
+  gradients equal those of jax.nn.elu on the concatenation, at x = 0 included (the expm1
+  branch is taken there, as jax.nn.elu takes it).
+  """
+  positive = x > 0
+  e = jnp.expm1(jnp.where(positive, -x, x))
+  return jnp.concatenate([jnp.where(positive, x, e), jnp.where(positive, e, -x)], axis=-1)
 
 
 def gate(x):
@@ -136,4 +160,4 @@ class Conv(nn.Module):
         w = normal_init(_W_STDDEV)(rng, shape)
         return w * data_scale(self._apply(x, w))
       y = self._apply(x, self.param('W', init_w))
-    return y + self.param('b', lambda _: -jnp.mean(y, axis=stat_axes))
+    return y + plain_array(self.param('b', lambda _: -jnp.mean(y, axis=stat_axes)))
