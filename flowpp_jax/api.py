@@ -12,7 +12,7 @@ import functools
 import jax
 import numpy as np
 
-from flowpp_jax import experiment, objective, sampling, steps
+from flowpp_jax import experiment, objective, parallel, sampling, steps
 
 
 class TrainedModel:
@@ -35,6 +35,7 @@ class TrainedModel:
     self._decode = jax.jit(lambda params, z: self.model.apply(
         {'params': params}, z, method=self.model.decode))
     self._samplers = {}
+    self._replicated = None  # the params on every local device, for the sampler
 
   @property
   def image_shape(self) -> tuple:
@@ -66,7 +67,9 @@ class TrainedModel:
       raise ValueError(f'need n >= 1 and temperature > 0, got {n}, {temperature}')
     if n not in self._samplers:
       self._samplers[n] = sampling.make_sampler(self.model, n)
-    return self._samplers[n](self.params, seed, temperature)
+    if self._replicated is None:
+      self._replicated = parallel.replicate(self.params)
+    return self._samplers[n](self._replicated, seed, temperature)
 
   def encode(self, images, seed: int = 0):
     """images uint8 [B, H, W, C] -> latents float32 [B, *latent_shape]; decode inverts it

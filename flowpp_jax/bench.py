@@ -130,8 +130,11 @@ class SyntheticExperiment(experiment.Experiment):
 
 
 def make_forward(model):
-  """jit (params, images [n], keys [n]) -> bits/dim [n]: one ELBO pass, dropout off."""
-  return jax.jit(functools.partial(steps.per_example_bpd, model, deterministic=True))
+  """pmap (params, images, keys) -> bits/dim: one ELBO pass, dropout off, the examples split
+  over the local devices as the evaluator splits them (parallel.split_examples: images
+  [devices, m, H, W, C], keys [devices, m, ...], bits/dim [devices, m])."""
+  return jax.pmap(functools.partial(steps.per_example_bpd, model, deterministic=True),
+                  axis_name=parallel.AXIS)
 
 
 def per_device(tree):
@@ -241,11 +244,12 @@ def eval_images_per_s(exp, p_params, batches: int) -> float:
   return result['num_examples'] / (time.perf_counter() - start)
 
 
-def sampling_seconds(exp, params, n: int, repeats: int) -> float:
-  """Seconds to draw n images with the trainer's sampler (host images out)."""
+def sampling_seconds(exp, p_params, n: int, repeats: int) -> float:
+  """Seconds to draw n images with the trainer's sampler (host images out), ``p_params``
+  replicated over the local devices."""
   draw = sampling.make_sampler(exp.model, n)
   return seconds_per_call(
-      lambda: draw(params, exp.config.seed, exp.config.sample.temperature), repeats)
+      lambda: draw(p_params, exp.config.seed, exp.config.sample.temperature), repeats)
 
 
 def max_reconstruction_error(model, params, y) -> float:
@@ -276,11 +280,18 @@ def train_args(exp, abstract_state):
 
 
 def forward_args(exp, abstract_state, n: int):
-  """Abstract (params, images [n], keys [n]) of make_forward."""
-  config = exp.config
-  return (abstract_state.params,
-          jax.ShapeDtypeStruct((n, *config.model.image_shape), jnp.uint8),
-          jax.eval_shape(functools.partial(forward_keys, config.seed, n)))
+  """Abstract (params, images, keys) of make_forward on n examples split over the local
+  devices (the last device's share padded up to the others')."""
+  config, per = exp.config, examples_per_device(n)
+  keys = jax.eval_shape(functools.partial(forward_keys, config.seed, per))
+  return (per_device(abstract_state.params),
+          per_device(jax.ShapeDtypeStruct((per, *config.model.image_shape), jnp.uint8)),
+          per_device(keys))
+
+
+def examples_per_device(n: int) -> int:
+  """Examples on each local device when n are split over them (parallel.split_examples)."""
+  return -(-n // jax.local_device_count())
 
 
 def compile_figures(exp, sample_num: int):
@@ -315,7 +326,7 @@ def compile_figures(exp, sample_num: int):
   figures['train_flops_per_image'] = (
       None if train_flops is None else train_flops / (config.batch_size // devices))
   figures['forward_flops_per_image'] = (
-      None if forward_flops is None else forward_flops / sample_num)
+      None if forward_flops is None else forward_flops / examples_per_device(sample_num))
   return figures, p_train, forward
 
 
@@ -335,18 +346,19 @@ def run_figures(exp, p_train, forward, repeats: int, sample_num: int) -> dict:
   say(f'timing the evaluator on {repeats} batches of {config.eval.batch_size}')
   figures['eval_images_per_s'] = eval_images_per_s(exp, p_state.params, repeats)
   del p_state
-  # On the device once: host arrays would be copied over at every call, and the copy timed.
-  params = jax.device_put(state.params)
+  # On the devices once: host arrays would be copied over at every call, and the copy timed.
+  p_params = parallel.replicate(state.params)
   images = random_images(sample_num, config.model, _ROUNDTRIP_SEED)
   say(f'timing forward passes and sampling of {sample_num} images')
-  keys = forward_keys(config.seed, sample_num)
-  figures['forward_s'] = seconds_per_call(lambda: forward(params, images, keys), repeats)
-  figures['sample_s'] = sampling_seconds(exp, params, sample_num, repeats)
+  split = (parallel.split_examples(images),
+           parallel.split_examples(forward_keys(config.seed, sample_num)))
+  figures['forward_s'] = seconds_per_call(lambda: forward(p_params, *split), repeats)
+  figures['sample_s'] = sampling_seconds(exp, p_params, sample_num, repeats)
   figures['sample_to_forward_ratio'] = figures['sample_s'] / figures['forward_s']
   say('inverting the main flow')
   noise = np.random.default_rng(_ROUNDTRIP_SEED).uniform(size=images.shape)
   figures['reconstruction_max_abs_error'] = max_reconstruction_error(
-      exp.model, params, (images + noise).astype(np.float32))
+      exp.model, state.params, (images + noise).astype(np.float32))
   return figures
 
 

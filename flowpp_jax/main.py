@@ -102,7 +102,7 @@ def run_experiment(mode: str, exp) -> None:
     evaluate.evaluate_and_report(exp, parallel.replicate(state.ema_params), step)
   else:
     samples = sampling.make_sampler(exp.model, config.sample.num)(
-        state.ema_params, config.seed, config.sample.temperature, step)
+        parallel.replicate(state.ema_params), config.seed, config.sample.temperature, step)
     path = sampling.save(exp.workdir, step, samples, exp.info.num_levels,
                          config.sample.temperature)
     if path is not None:  # process 0 saves them

@@ -134,7 +134,10 @@ class FlowPlusPlus(nn.Module):
     y, _ = self.main_flow(z.astype(jnp.float32), inverse=True)
     return jnp.clip(jnp.floor(y), 0, self.config.num_levels - 1).astype(jnp.uint8)
 
+  def latents(self, rng, n: int, temperature: float = 1.0):
+    """n latents [n, *latent_shape] ~ N(0, temperature^2 I) (no parameters read)."""
+    return normal_init(temperature)(rng, (n, *self.latent_shape))
+
   def sample(self, rng, n: int, temperature: float = 1.0):
     """n uint8 images [n, H, W, C] from z ~ N(0, temperature^2 I)."""
-    z = normal_init(temperature)(rng, (n, *self.latent_shape))
-    return self.decode(z)
+    return self.decode(self.latents(rng, n, temperature))

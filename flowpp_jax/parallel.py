@@ -18,6 +18,22 @@ def shard(x):
   return x.reshape(devices, x.shape[0] // devices, *x.shape[1:])
 
 
+def split_examples(x):
+  """Host array [n, ...] -> [local_devices, ceil(n / local_devices), ...]: ``shard`` for any
+  n, the last example repeated to fill the last device. For computations whose examples are
+  independent of one another; ``join_examples`` drops the repeats."""
+  x = np.asarray(x)
+  devices = jax.local_device_count()
+  fill = -x.shape[0] % devices
+  return shard(np.concatenate([x, np.repeat(x[-1:], fill, axis=0)]) if fill else x)
+
+
+def join_examples(y, n: int):
+  """[devices, m, ...] (device or host) -> host [n, ...]: the first n examples in order."""
+  y = np.asarray(y)
+  return y.reshape(-1, *y.shape[2:])[:n]
+
+
 def replicate(tree):
   """Host ``tree`` -> one copy per local device, stacked on a leading axis, placed as pmap
   places its outputs (so a pmapped step compiles once whether it gets these or its own

@@ -179,8 +179,7 @@ def _log(reporter, step: int, metrics, config) -> None:
 
 def _sample(exp, sampler, p_ema_params, step: int, reporter) -> None:
   config = exp.config
-  samples = sampler(parallel.unreplicate(p_ema_params), config.seed, config.sample.temperature,
-                    step)
+  samples = sampler(p_ema_params, config.seed, config.sample.temperature, step)
   path = sampling.save(exp.workdir, step, samples, exp.info.num_levels,
                        config.sample.temperature)
   reporter.say(f'step {step}: {len(samples)} samples at temperature '
