@@ -7,9 +7,8 @@
 
 Everything uses the EMA parameters of the run's latest checkpoint (or of ``step``).
 """
-import functools
-
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flowpp_jax import experiment, objective, parallel, sampling, steps
@@ -28,14 +27,13 @@ class TrainedModel:
     self.step = int(state.step)
     self.model = exp.model
     self.params = jax.device_put(state.ema_params)
-    self._log_weights = jax.jit(functools.partial(steps.log_weights, self.model),
-                                static_argnames='num_samples')
+    self._log_weights = {}  # num_samples -> log_prob's program
     self._encode = jax.jit(lambda params, x, key: self.model.apply(
         {'params': params}, x, key, method=self.model.encode))
     self._decode = jax.jit(lambda params, z: self.model.apply(
         {'params': params}, z, method=self.model.decode))
     self._samplers = {}
-    self._replicated = None  # the params on every local device, for the sampler
+    self._replicated = None  # the params on every local device, made on first use
 
   @property
   def image_shape(self) -> tuple:
@@ -52,9 +50,13 @@ class TrainedModel:
     images = self._check_images(images)
     if num_iw_samples < 1:
       raise ValueError(f'num_iw_samples must be >= 1, got {num_iw_samples}')
-    keys = steps.example_keys(seed, steps.EVAL_TAG, np.arange(len(images)))
-    log_w = self._log_weights(self.params, images, keys, num_samples=int(num_iw_samples))
-    return np.asarray(objective.iw_bound(log_w), np.float64)
+    keys = np.asarray(steps.example_keys(seed, steps.EVAL_TAG, np.arange(len(images))))
+    k = int(num_iw_samples)
+    if k not in self._log_weights:  # examples on axis 0 for over_examples: [B, K]
+      self._log_weights[k] = parallel.over_examples(lambda params, images, keys: jnp.transpose(
+          steps.log_weights(self.model, params, images, keys, num_samples=k)))
+    log_w = self._log_weights[k](self.replicated_params(), images, keys)
+    return np.asarray(objective.iw_bound(jnp.asarray(log_w).T), np.float64)
 
   def bpd(self, images, seed: int = 0, num_iw_samples: int = 1):
     """Bits per dimension [B] of the bound in log_prob."""
@@ -67,9 +69,13 @@ class TrainedModel:
       raise ValueError(f'need n >= 1 and temperature > 0, got {n}, {temperature}')
     if n not in self._samplers:
       self._samplers[n] = sampling.make_sampler(self.model, n)
+    return self._samplers[n](self.replicated_params(), seed, temperature)
+
+  def replicated_params(self):
+    """The EMA parameters with a copy on every local device, made on the first call."""
     if self._replicated is None:
       self._replicated = parallel.replicate(self.params)
-    return self._samplers[n](self._replicated, seed, temperature)
+    return self._replicated
 
   def encode(self, images, seed: int = 0):
     """images uint8 [B, H, W, C] -> latents float32 [B, *latent_shape]; decode inverts it

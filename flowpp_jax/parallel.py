@@ -34,6 +34,25 @@ def join_examples(y, n: int):
   return y.reshape(-1, *y.shape[2:])[:n]
 
 
+def over_examples(fn):
+  """``fn(params, *batched)``, whose outputs run over the examples of ``batched`` on axis 0
+  and whose examples are independent of one another (the ELBO, decoding), as
+  ``call(p_params, *batched)`` -> host outputs: the examples split over the local devices
+  (``split_examples``), ``fn`` pmapped, the outputs joined (``join_examples``), so they do not
+  depend on the device count. ``p_params``: replicated (``replicate``, or the trainer's
+  replicated state). With several processes each runs every example on its first device."""
+  split_fn = jax.pmap(fn, axis_name=AXIS)
+  one_fn = jax.jit(fn)
+
+  def call(p_params, *batched):
+    if jax.process_count() > 1:
+      return jax.tree_util.tree_map(np.asarray, one_fn(unreplicate(p_params), *batched))
+    n = len(batched[0])
+    out = split_fn(p_params, *(split_examples(x) for x in batched))
+    return jax.tree_util.tree_map(lambda y: join_examples(y, n), out)
+  return call
+
+
 def replicate(tree):
   """Host ``tree`` -> one copy per local device, stacked on a leading axis, placed as pmap
   places its outputs (so a pmapped step compiles once whether it gets these or its own

@@ -15,23 +15,18 @@ def make_sampler(model, n: int):
   ``p_params``: the parameters replicated over the local devices (``parallel.replicate``,
   or the trainer's replicated EMA parameters). The n latents are drawn at once from the
   (seed, step) key, then decoded with the examples split over this process's devices
-  (``parallel.split_examples``): the same (seed, step) gives the same images on any number
-  of devices. With several processes each decodes all n on its first device.
+  (``parallel.over_examples``): the same (seed, step) gives the same images on any number
+  of devices.
   """
   draw_latents = jax.jit(lambda key, temperature: model.apply(
       {}, key, n, temperature, method=model.latents))
 
-  def decode(params, z):
-    return model.apply({'params': params}, z, method=model.decode)
-  decode_split = jax.pmap(decode, axis_name=parallel.AXIS)
-  decode_one = jax.jit(decode)
+  decode = parallel.over_examples(
+      lambda params, z: model.apply({'params': params}, z, method=model.decode))
 
   def draw(p_params, seed: int, temperature: float, step: int = 0):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_TAG), step)
-    z = np.asarray(draw_latents(key, np.float32(temperature)))
-    if jax.process_count() > 1:
-      return np.asarray(decode_one(parallel.unreplicate(p_params), z))
-    return parallel.join_examples(decode_split(p_params, parallel.split_examples(z)), n)
+    return decode(p_params, np.asarray(draw_latents(key, np.float32(temperature))))
   return draw
 
 

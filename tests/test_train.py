@@ -135,6 +135,30 @@ def test_samples_do_not_depend_on_the_device_count(trained):
   np.testing.assert_array_equal(model.sample(3, seed=0, temperature=0.7), direct(0))
 
 
+def test_api_log_prob_does_not_depend_on_the_device_count(trained):
+  """log_prob splits the images over the local devices (5 images on 2: one padded)."""
+  workdir, _ = trained
+  script = ('import json, sys, jax, numpy as np, flowpp_jax\n'
+            'from flowpp_jax import datasets\n'
+            'model = flowpp_jax.load(sys.argv[1])\n'
+            'images = datasets.load_split("digits", "test")[np.arange(5)]\n'
+            'bpd = model.bpd(images, seed=3, num_iw_samples=2).tolist()\n'
+            'print(json.dumps([jax.local_device_count(), bpd]))')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_backend_optimization_level=0 '
+             '--xla_force_host_platform_device_count=2')
+  result = subprocess.run([sys.executable, '-c', script, str(workdir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  devices, bpd = json.loads(result.stdout.strip().splitlines()[-1])
+  assert devices == 2
+  model = flowpp_jax.load(workdir)
+  assert jax.local_device_count() == 1
+  want = model.bpd(datasets.load_split('digits', 'test')[np.arange(5)], seed=3,
+                   num_iw_samples=2)
+  assert want.shape == (5,) and np.ptp(want) > 0
+  np.testing.assert_allclose(bpd, want, rtol=1e-6)
+
+
 def test_api_round_trip_and_bad_input(trained):
   workdir, _ = trained
   model = flowpp_jax.load(workdir)
