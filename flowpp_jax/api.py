@@ -8,7 +8,6 @@
 Everything uses the EMA parameters of the run's latest checkpoint (or of ``step``).
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flowpp_jax import experiment, objective, parallel, sampling, steps
@@ -27,7 +26,7 @@ class TrainedModel:
     self.step = int(state.step)
     self.model = exp.model
     self.params = jax.device_put(state.ema_params)
-    self._log_weights = {}  # num_samples -> log_prob's program
+    self._log_probs = {}  # num_samples -> log_prob's program
     self._encode = jax.jit(lambda params, x, key: self.model.apply(
         {'params': params}, x, key, method=self.model.encode))
     self._decode = jax.jit(lambda params, z: self.model.apply(
@@ -52,11 +51,10 @@ class TrainedModel:
       raise ValueError(f'num_iw_samples must be >= 1, got {num_iw_samples}')
     keys = np.asarray(steps.example_keys(seed, steps.EVAL_TAG, np.arange(len(images))))
     k = int(num_iw_samples)
-    if k not in self._log_weights:  # examples on axis 0 for over_examples: [B, K]
-      self._log_weights[k] = parallel.over_examples(lambda params, images, keys: jnp.transpose(
+    if k not in self._log_probs:
+      self._log_probs[k] = parallel.over_examples(lambda params, images, keys: objective.iw_bound(
           steps.log_weights(self.model, params, images, keys, num_samples=k)))
-    log_w = self._log_weights[k](self.replicated_params(), images, keys)
-    return np.asarray(objective.iw_bound(jnp.asarray(log_w).T), np.float64)
+    return np.asarray(self._log_probs[k](self.replicated_params(), images, keys), np.float64)
 
   def bpd(self, images, seed: int = 0, num_iw_samples: int = 1):
     """Bits per dimension [B] of the bound in log_prob."""

@@ -282,16 +282,12 @@ def train_args(exp, abstract_state):
 def forward_args(exp, abstract_state, n: int):
   """Abstract (params, images, keys) of make_forward on n examples split over the local
   devices (the last device's share padded up to the others')."""
-  config, per = exp.config, examples_per_device(n)
+  config, per = exp.config, parallel.examples_per_device(n)
   keys = jax.eval_shape(functools.partial(forward_keys, config.seed, per))
   return (per_device(abstract_state.params),
           per_device(jax.ShapeDtypeStruct((per, *config.model.image_shape), jnp.uint8)),
           per_device(keys))
 
-
-def examples_per_device(n: int) -> int:
-  """Examples on each local device when n are split over them (parallel.split_examples)."""
-  return -(-n // jax.local_device_count())
 
 
 def compile_figures(exp, sample_num: int):
@@ -326,7 +322,7 @@ def compile_figures(exp, sample_num: int):
   figures['train_flops_per_image'] = (
       None if train_flops is None else train_flops / (config.batch_size // devices))
   figures['forward_flops_per_image'] = (
-      None if forward_flops is None else forward_flops / examples_per_device(sample_num))
+      None if forward_flops is None else forward_flops / parallel.examples_per_device(sample_num))
   return figures, p_train, forward
 
 

@@ -18,13 +18,17 @@ def shard(x):
   return x.reshape(devices, x.shape[0] // devices, *x.shape[1:])
 
 
+def examples_per_device(n: int) -> int:
+  """Examples on each local device when ``split_examples`` splits n: ceil(n / devices)."""
+  return -(-n // jax.local_device_count())
+
+
 def split_examples(x):
-  """Host array [n, ...] -> [local_devices, ceil(n / local_devices), ...]: ``shard`` for any
+  """Host array [n, ...] -> [local_devices, examples_per_device(n), ...]: ``shard`` for any
   n, the last example repeated to fill the last device. For computations whose examples are
   independent of one another; ``join_examples`` drops the repeats."""
   x = np.asarray(x)
-  devices = jax.local_device_count()
-  fill = -x.shape[0] % devices
+  fill = examples_per_device(len(x)) * jax.local_device_count() - len(x)
   return shard(np.concatenate([x, np.repeat(x[-1:], fill, axis=0)]) if fill else x)
 
 
