@@ -289,7 +289,6 @@ def forward_args(exp, abstract_state, n: int):
           per_device(keys))
 
 
-
 def compile_figures(exp, sample_num: int):
   """Compiles the train step and a forward pass on ``sample_num`` images, from shapes alone.
 
