@@ -399,6 +399,7 @@ def format_table(info: dict, figures: dict) -> str:
           ('global batch (per device)', f'{info["batch_size"]} ({info["per_device_batch"]})',
            'images'),
           ('compute dtype', info['compute_dtype'], ''),
+          ('attention kernel', info['attention_kernel'], ''),
           ('peak FLOP/s taken as', info['peak_basis'] or 'n/a (device not in accelerators.py)',
            '')]
   for key, what, unit, scale in ROWS:
@@ -436,7 +437,11 @@ def main(argv):
     fail(f'{e}'.splitlines()[0])
   info = context(config, sys.argv)
   try:
+    handed_to_cudnn = attention.cudnn_traces()
     figures, p_train, forward = compile_figures(exp, _SAMPLE_NUM.value)
+    # Which kernel the compiled programs run (cuDNN's where it applies and accepts them).
+    info['attention_kernel'] = ('cuDNN fused' if attention.cudnn_traces() > handed_to_cudnn
+                                else 'flowpp_jax')
     if not _COMPILE_ONLY.value:
       figures.update(run_figures(exp, p_train, forward, _STEPS.value, _SAMPLE_NUM.value))
   finally:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from scipy import special
 
+from flowpp_jax.nn import attention as attention_module
 from flowpp_jax.nn.attention import attention, default_query_chunk, unchunked
 
 try:  # Older jax versions.
@@ -144,3 +145,78 @@ def test_unchunked_traces_one_block_for_the_cost_analysis():
     assert default_query_chunk(512, 512) is None
     assert flops() == whole
   assert default_query_chunk(512, 512) == (128 if jax.default_backend() == 'cpu' else None)
+
+
+def _flowpp_kernel_only(monkeypatch):
+  """The module's switches as they are on a CUDA GPU in bfloat16, with jax's XLA formula
+  standing in for cuDNN's kernel (which the CPU lacks): the fused path's own code runs."""
+  monkeypatch.setattr(attention_module, 'cudnn_applies', lambda *a, **k: True)
+  monkeypatch.setattr(attention_module, '_FUSED_IMPLEMENTATION', 'xla')
+
+
+def test_cudnn_is_asked_only_on_gpus_for_16_bit_products_it_takes(monkeypatch):
+  applies = attention_module.cudnn_applies
+  assert applies(jnp.bfloat16, 24, 'gpu') and applies(jnp.float16, 128, 'gpu')
+  assert not applies(jnp.float32, 24, 'gpu')  # no float32 flash kernel in cuDNN
+  assert not applies(jnp.bfloat16, 24, 'cpu') and not applies(jnp.bfloat16, 24, 'tpu')
+  assert not applies(jnp.bfloat16, 20, 'gpu') and not applies(jnp.bfloat16, 136, 'gpu')
+  monkeypatch.setenv(attention_module.CUDNN_ENV, '0')
+  assert not applies(jnp.bfloat16, 24, 'gpu')
+
+
+def test_fused_path_matches_scipy_in_values_and_gradients(monkeypatch):
+  """The layout changes and the scale around jax.nn.dot_product_attention (jax's XLA
+  implementation standing in for cuDNN's), against the same references as above. Float64
+  operands, but jax takes that softmax in float32: hence float32 tolerances (a wrong layout
+  or scale is off by O(1))."""
+  _flowpp_kernel_only(monkeypatch)
+  with enable_x64(True):
+    q, k, v = (jnp.asarray(a, jnp.float64) for a in _inputs(10))
+    fn = lambda *a: attention(*a, jnp.float64)
+    out = fn(q, k, v)
+    assert out.dtype == jnp.float64 and out.shape == SHAPE_Q
+    np.testing.assert_allclose(out, _scipy_attention(*_inputs(10)), rtol=1e-5, atol=1e-6)
+    cotangent = jnp.asarray(np.random.default_rng(11).normal(size=out.shape))
+    per_example = jax.vmap(lambda *a: _grads(fn, *(x[None] for x in a)))(q, k, v, cotangent)
+    for got, want in zip(per_example, _grads(_textbook, q, k, v, cotangent)):
+      np.testing.assert_allclose(np.asarray(got)[:, 0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_fused_path_returns_float32_close_to_the_own_kernel(monkeypatch):
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(12))
+  own = attention(q, k, v, jnp.bfloat16)
+  _flowpp_kernel_only(monkeypatch)
+  fused = attention(q, k, v, jnp.bfloat16)
+  assert fused.dtype == jnp.float32
+  np.testing.assert_allclose(fused, own, atol=5e-2)
+  assert not np.array_equal(fused, own)  # the other path did run
+
+
+def test_cudnn_refusal_falls_back_to_the_own_kernel(monkeypatch):
+  """Where cuDNN is missing (here: the CPU) jax refuses at trace time; attention says so and
+  gives its own kernel's result, bit for bit."""
+  monkeypatch.setattr(attention_module, 'cudnn_applies', lambda *a, **k: True)
+  warnings = []
+  monkeypatch.setattr(attention_module.logging, 'log_first_n', lambda *a: warnings.append(a))
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(13))
+  traces = attention_module.cudnn_traces()
+  got = jax.jit(lambda *a: attention(*a, jnp.bfloat16))(q, k, v)
+  assert warnings and 'cuDNN' in warnings[0][1]
+  assert attention_module.cudnn_traces() == traces  # refused: not counted
+  monkeypatch.setattr(attention_module, 'cudnn_applies', lambda *a, **k: False)
+  np.testing.assert_array_equal(got, jax.jit(lambda *a: attention(*a, jnp.bfloat16))(q, k, v))
+
+
+def test_cost_analysis_traces_the_xla_products_not_cudnn(monkeypatch):
+  """XLA cannot count FLOPs inside cuDNN's kernel: under unchunked() no fused call is made."""
+  _flowpp_kernel_only(monkeypatch)
+  calls = []
+  fused = attention_module._fused
+  monkeypatch.setattr(attention_module, '_fused', lambda *a: calls.append(1) or fused(*a))
+  q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(14))
+  traces = attention_module.cudnn_traces()
+  with unchunked():
+    attention(q, k, v, jnp.bfloat16)
+  assert not calls and attention_module.cudnn_traces() == traces
+  attention(q, k, v, jnp.bfloat16)
+  assert calls and attention_module.cudnn_traces() == traces + 1

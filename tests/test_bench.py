@@ -67,6 +67,7 @@ def test_full_run_reports_every_figure(full_run):
   assert figures['jax_version'] == jax.__version__
   assert (figures['batch_size'], figures['compute_dtype'], figures['steps'],
           figures['sample_num'], figures['compile_only']) == (16, 'float32', 2, 8, False)
+  assert figures['attention_kernel'] == 'flowpp_jax'  # cuDNN's is for GPUs in 16 bits
   # stdout is the table, then the JSON: progress went to stderr.
   mfu_row = next(row for row in table if 'utilisation' in row)
   assert mfu_row.split()[-2:] == ['n/a', '%']

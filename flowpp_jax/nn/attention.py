@@ -20,10 +20,20 @@ kernel has to fault in and zero at every call (measured 2-4x slower; see README)
 run in the compute dtype with float32 results; the softmax statistics and the gradient's
 elementwise terms are float32 whatever it is (float64 when the products are: the Jacobian
 tests).
+
+On an NVIDIA GPU with 16-bit products, ``attention`` hands the whole computation to cuDNN's
+fused flash attention instead (``jax.nn.dot_product_attention``; see ``cudnn_applies``). It
+keeps the [T, S] weights on chip, where the XLA program above writes them to device memory
+and reads them back (4 MiB per image and block on CIFAR-10 in float32). At CIFAR-10's sizes
+that traffic, not the products, is what an H100 would spend the attention's time on: an
+estimate, not yet measured on a GPU (README, "Performance").
 """
 import contextlib
 import functools
+import os
 from typing import Optional
+
+from absl import logging
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +45,9 @@ from flowpp_jax.dtypes import at_least_float32
 # [128, 512] block at CIFAR-10's 512 positions (chunks of 64 and 256 measured slower).
 _CPU_BLOCK_ELEMENTS = 1 << 16
 _chunking = [True]  # default_query_chunk's switch; see unchunked()
+CUDNN_ENV = 'FLOWPP_CUDNN_ATTENTION'  # '0': never cuDNN's fused attention (see cudnn_applies)
+_FUSED_IMPLEMENTATION = 'cudnn'  # jax.nn.dot_product_attention's; the tests run 'xla' on the CPU
+_cudnn_traces = [0]  # see cudnn_traces()
 
 
 def _matmul(spec, a, b, dtype):
@@ -56,12 +69,38 @@ def default_query_chunk(num_queries: int, num_keys: int) -> Optional[int]:
   return chunk
 
 
+def cudnn_applies(dtype, head_dim: int, backend: Optional[str] = None) -> bool:
+  """Whether ``attention`` asks cuDNN's fused flash attention for these products: on a GPU
+  (``backend``, default JAX's), with bfloat16 or float16 operands (cuDNN has no float32 flash
+  kernel) and a head dimension it takes (a multiple of 8, at most 128), unless the
+  environment sets FLOWPP_CUDNN_ATTENTION=0. Where cuDNN then refuses (no cuDNN, as on ROCm;
+  one too old), ``attention`` logs why and runs its own kernel."""
+  backend = backend or jax.default_backend()
+  return (backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128 and os.environ.get(CUDNN_ENV) != '0')
+
+
+def cudnn_traces() -> int:
+  """How many ``attention`` calls this process has handed to cuDNN, counted as they are
+  traced: the benchmark reports whether the program it compiled runs cuDNN's kernel."""
+  return _cudnn_traces[0]
+
+
+def _fused(q, k, v, dtype, implementation):
+  """jax.nn.dot_product_attention on [B, heads, T, d] inputs (it takes [B, T, heads, d]) with
+  operands in ``dtype``: [B, heads, T, d] in at least float32, like ``_attention``'s."""
+  btnh = lambda x: jnp.swapaxes(x, 1, 2).astype(dtype)
+  out = jax.nn.dot_product_attention(btnh(q), btnh(k), btnh(v), implementation=implementation)
+  return jnp.swapaxes(out, 1, 2).astype(at_least_float32(dtype))
+
+
 @contextlib.contextmanager
 def unchunked():
-  """Within it, ``attention`` traces as one block by default, on every backend.
+  """Within it, ``attention`` traces as one block of XLA operations by default, on every
+  backend: no query loop and no cuDNN call.
 
-  For XLA's cost analysis, which counts a loop body once: the benchmark counts FLOPs on a
-  program traced under it (the same function without the loop).
+  For XLA's cost analysis, which counts a loop body once and cannot see into cuDNN's kernel:
+  the benchmark counts FLOPs on a program traced under it (the same products, counted whole).
   """
   _chunking.append(False)
   try:
@@ -179,13 +218,22 @@ def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1,
   them; float64 in the Jacobian tests). ``query_chunk`` queries are processed at a time; it
   must divide T. None: all at once; -1 (the default): ``default_query_chunk``. ``save_lse``:
   whether the backward pass reads each row's log-sum-exp from the forward pass (True) or
-  recomputes its max and sum (False); None: False on the CPU, True elsewhere.
+  recomputes its max and sum (False); None: False on the CPU, True elsewhere. Where
+  ``cudnn_applies``, cuDNN's fused attention runs instead and these two do not apply.
   """
   t = q.shape[-2]
   if query_chunk == -1:
     query_chunk = default_query_chunk(t, k.shape[-2])
   if query_chunk is not None and (query_chunk < 1 or t % query_chunk):
     raise ValueError(f'query_chunk={query_chunk} must be a positive divisor of T={t}')
+  if _chunking[-1] and cudnn_applies(dtype, q.shape[-1]):
+    try:
+      out = _fused(q, k, v, dtype, _FUSED_IMPLEMENTATION)
+      _cudnn_traces[0] += 1
+      return out
+    except (NotImplementedError, RuntimeError, ValueError) as e:  # jax's checks, at trace time
+      logging.log_first_n(logging.WARNING, 'cuDNN fused attention not available (%s): '
+                          "running flowpp_jax's own attention kernel", 1, e)
   # One batch axis, B * heads. The trainer and evaluator vmap the model over examples, each a
   # batch of one, so a [B, heads] pair of batch axes arrives as [examples, 1, heads]: XLA:CPU
   # then gave the products' [T, S] results a layout with the unit axis moved and copied them
