@@ -155,6 +155,7 @@ def _flowpp_kernel_only(monkeypatch):
 
 
 def test_cudnn_is_asked_only_on_gpus_for_16_bit_products_it_takes(monkeypatch):
+  monkeypatch.delenv(attention_module.CUDNN_ENV, raising=False)
   applies = attention_module.cudnn_applies
   assert applies(jnp.bfloat16, 24, 'gpu') and applies(jnp.float16, 128, 'gpu')
   assert not applies(jnp.float32, 24, 'gpu')  # no float32 flash kernel in cuDNN
@@ -192,6 +193,7 @@ def test_bfloat16_fused_path_returns_float32_close_to_the_own_kernel(monkeypatch
   assert not np.array_equal(fused, own)  # the other path did run
 
 
+@pytest.mark.skipif(jax.default_backend() == 'gpu', reason='a GPU with cuDNN does not refuse')
 def test_cudnn_refusal_falls_back_to_the_own_kernel(monkeypatch):
   """Where cuDNN is missing (here: the CPU) jax refuses at trace time; attention says so and
   gives its own kernel's result, bit for bit."""
