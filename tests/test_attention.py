@@ -147,9 +147,9 @@ def test_unchunked_traces_one_block_for_the_cost_analysis():
   assert default_query_chunk(512, 512) == (128 if jax.default_backend() == 'cpu' else None)
 
 
-def _flowpp_kernel_only(monkeypatch):
-  """The module's switches as they are on a CUDA GPU in bfloat16, with jax's XLA formula
-  standing in for cuDNN's kernel (which the CPU lacks): the fused path's own code runs."""
+def _fused_path_on_the_cpu(monkeypatch):
+  """Takes the fused path as on a CUDA GPU in bfloat16, with jax's XLA formula standing in
+  for cuDNN's kernel (which the CPU lacks), so that the code around the call runs."""
   monkeypatch.setattr(attention_module, 'cudnn_applies', lambda *a, **k: True)
   monkeypatch.setattr(attention_module, '_FUSED_IMPLEMENTATION', 'xla')
 
@@ -170,7 +170,7 @@ def test_fused_path_matches_scipy_in_values_and_gradients(monkeypatch):
   implementation standing in for cuDNN's), against the same references as above. Float64
   operands, but jax takes that softmax in float32: hence float32 tolerances (a wrong layout
   or scale is off by O(1))."""
-  _flowpp_kernel_only(monkeypatch)
+  _fused_path_on_the_cpu(monkeypatch)
   with enable_x64(True):
     q, k, v = (jnp.asarray(a, jnp.float64) for a in _inputs(10))
     fn = lambda *a: attention(*a, jnp.float64)
@@ -186,7 +186,7 @@ def test_fused_path_matches_scipy_in_values_and_gradients(monkeypatch):
 def test_bfloat16_fused_path_returns_float32_close_to_the_own_kernel(monkeypatch):
   q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(12))
   own = attention(q, k, v, jnp.bfloat16)
-  _flowpp_kernel_only(monkeypatch)
+  _fused_path_on_the_cpu(monkeypatch)
   fused = attention(q, k, v, jnp.bfloat16)
   assert fused.dtype == jnp.float32
   np.testing.assert_allclose(fused, own, atol=5e-2)
@@ -211,7 +211,7 @@ def test_cudnn_refusal_falls_back_to_the_own_kernel(monkeypatch):
 
 def test_cost_analysis_traces_the_xla_products_not_cudnn(monkeypatch):
   """XLA cannot count FLOPs inside cuDNN's kernel: under unchunked() no fused call is made."""
-  _flowpp_kernel_only(monkeypatch)
+  _fused_path_on_the_cpu(monkeypatch)
   calls = []
   fused = attention_module._fused
   monkeypatch.setattr(attention_module, '_fused', lambda *a: calls.append(1) or fused(*a))
