@@ -19,6 +19,7 @@ from typing import Any, List, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flowpp_jax import bijectors as bij
 from flowpp_jax.bijectors.base import zero_log_det
@@ -197,5 +198,28 @@ def scanned_params(params):
       out[key] = scanned_params(value)
   for kind, items in runs.items():
     ordered = [items[i] for i in range(len(items))]
-    out[kind + 's'] = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ordered)
+    # numpy trees stay on the host (an import stacks a whole checkpoint's arrays).
+    stack = lambda *a: np.stack(a) if isinstance(a[0], np.ndarray) else jnp.stack(a)
+    out[kind + 's'] = jax.tree_util.tree_map(stack, *ordered)
+  return out
+
+
+_SCANNED_KEY = {'steps': 'step', 'blocks': 'block'}
+
+
+def unscanned_params(params):
+  """The inverse of ``scanned_params``: each 'steps' ('blocks') subtree with a leading [N]
+  axis becomes siblings 'step0' .. 'step{N-1}' ('block0', ...). Arrays stay numpy or jax as
+  they came."""
+  if not isinstance(params, dict):
+    return params
+  out = {}
+  for key, value in params.items():
+    if key not in _SCANNED_KEY:
+      out[key] = unscanned_params(value)
+      continue
+    count = jax.tree_util.tree_leaves(value)[0].shape[0]
+    for i in range(count):
+      out[f'{_SCANNED_KEY[key]}{i}'] = unscanned_params(
+          jax.tree_util.tree_map(lambda a, i=i: a[i], value))
   return out

@@ -72,7 +72,11 @@ class VariationalDequantizer(nn.Module):
         dtype=self.dtype, remat=self.remat, scan=self.scan, last=[Sigmoid()]))
 
   def __call__(self, x, rng, *, deterministic=True):
-    eps = normal_init(1.0)(rng, x.shape)
+    return self.from_noise(x, normal_init(1.0)(rng, x.shape), deterministic=deterministic)
+
+  def from_noise(self, x, eps, *, deterministic=True):
+    """(u, log q(u | x) [B]) for given Gaussian noise eps [B, H, W, C] (its log-density
+    N(eps; 0, I) included), as __call__ computes them for the eps it draws."""
     context = self.context(x, deterministic=deterministic)
     u, log_det = self.flow(eps, context, deterministic=deterministic)
     return u, standard_normal_logpdf(eps) - log_det
