@@ -35,7 +35,7 @@ from flowpp_jax import host_memory
 if __name__ == '__main__':  # before the heavy imports, which a re-execution would repeat
   host_memory.reexec_with_huge_pages()
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -415,13 +415,7 @@ def format_table(info: dict, figures: dict) -> str:
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)  # orbax's messages are not progress
-  if len(argv) > 1:
-    fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
-  for flag in flags.FLAGS.get_flags_for_module(main_lib):
-    if flag.name != 'config' and flag.present:
-      fail(f'--{flag.name} is a flag of flowpp_jax.main, not of the benchmark')
+  main_lib.start_borrowing_command(argv, 'the benchmark')
   if _STEPS.value < 1 or _SAMPLE_NUM.value < 1:
     fail(f'--steps and --sample_num must be >= 1, got {_STEPS.value} and {_SAMPLE_NUM.value}')
   config = main_lib.load_config()

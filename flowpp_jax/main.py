@@ -62,6 +62,18 @@ def parse_flags(argv):
     fail(f'bad command line: {e}'.replace('\n', ' '))
 
 
+def start_borrowing_command(argv, command: str, allowed=('config',)) -> None:
+  """The first checks of a command that imports this module for its --config (and the flags
+  in ``allowed``): quiet logging, no positional arguments, none of main's other flags."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)  # orbax's messages are not progress
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
+  for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__]):
+    if flag.name not in allowed and flag.present:
+      fail(f'--{flag.name} is a flag of flowpp_jax.main, not of {command}')
+
+
 def load_config():
   """The --config file with its overrides applied; a missing or unreadable file is one
   error line."""

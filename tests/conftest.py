@@ -56,6 +56,16 @@ def init_model(model, images, seed=0):
   return model.init({'params': k1, 'dropout': k2}, images, k3, deterministic=False)
 
 
+def assert_one_error_line(result, *fragments):
+  """A finished command line (subprocess.run's result) that failed as bad input should: status
+  2 and one ``error: ...`` line on stderr holding each of ``fragments``."""
+  assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), lines[-5:]
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture
 def tiny_config():
   return tiny_model_config()

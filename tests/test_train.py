@@ -14,7 +14,7 @@ import pytest
 
 import flowpp_jax
 from flowpp_jax import cpu_devices, datasets, experiment, sampling, train
-from conftest import ROOT, load_config, tiny_model_config
+from conftest import ROOT, assert_one_error_line, load_config, tiny_model_config
 
 TINY = '--config=configs/digits.py:tiny'
 TIMING_KEYS = ('steps_per_s', 'examples_per_s')
@@ -271,14 +271,6 @@ def snapshot(directory):
   """{relative path: (size, mtime, bytes)} of every file below directory."""
   return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
           for p in sorted(directory.rglob('*')) if p.is_file()}
-
-
-def assert_one_error_line(result, *fragments):
-  assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: '), lines[-5:]
-  for fragment in fragments:
-    assert fragment in lines[0], lines[0]
 
 
 def damaged_copy(trained, tmp_path, damage):
