@@ -99,3 +99,10 @@ def adam_direction(cfg) -> optax.GradientTransformation:
 def ema_update(ema, params, decay: float):
   """Polyak average: ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def with_adam_moments(opt_state, count, mu, nu):
+  """An ``adam_direction`` state with Adam's update count and moment trees replaced (mu: the
+  first moments, nu: the second; shaped like the parameters)."""
+  return tuple(s._replace(count=count, mu=mu, nu=nu) if isinstance(s, optax.ScaleByAdamState)
+               else s for s in opt_state)
