@@ -75,7 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.sample_every_steps = 5_000  # 0: never during training
   config.keep_checkpoints = 3
-  # Official optimiser: Adam, no weight decay, updates from gradients clipped at global norm 1.
+  # Official optimiser: Adam (TensorFlow's epsilon placement), no weight decay, on the gradient
+  # of the mean nats per image clipped at global norm grad_clip_norm.
   config.optimizer = ml_collections.ConfigDict(dict(
       b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=1.0, ema_decay=0.999,
       max_nonfinite_in_row=20))

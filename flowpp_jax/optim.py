@@ -57,8 +57,9 @@ def learning_rate_schedule(cfg):
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    # (step + 1): the first update already uses a non-zero rate.
-    warmup = jnp.minimum(1.0, (step + 1.0) / max(cfg.warmup_steps, 1))
+    # As the official launchers: lr = peak * step / warmup_steps, so update 0 has a rate of 0
+    # (Adam's moments still take its gradient) and the peak is reached at step warmup_steps.
+    warmup = jnp.minimum(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     since = jnp.maximum(step - cfg.decay_start, 0.0)
     if cfg.decay == 'linear':
       frac = jnp.minimum(since / (cfg.decay_end - cfg.decay_start), 1.0)
@@ -89,11 +90,38 @@ def validate_optimizer_config(cfg) -> None:
                      f'got {cfg.max_nonfinite_in_row}')
 
 
+def scale_by_tf_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+  """Adam's direction as TensorFlow 1's AdamOptimizer (the official trainer's) computes it.
+
+  After t updates: m += (g - m)(1 - b1), v += (g^2 - v)(1 - b2), and the direction is
+  sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps). TensorFlow adds eps to sqrt(v) before
+  the bias correction (Kingma & Ba's "epsilon hat"); optax.scale_by_adam adds it after, which
+  is eps / sqrt(1 - b2^t) here: 32x larger at t = 1. The state is optax's ScaleByAdamState
+  (count, mu, nu), so checkpoints keep their tree.
+  """
+  def init(params):
+    zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+  def update(grads, state, params=None):
+    del params
+    count = state.count + 1
+    mu = jax.tree_util.tree_map(lambda m, g: m + (g - m) * (1.0 - b1), state.mu, grads)
+    nu = jax.tree_util.tree_map(lambda v, g: v + (jnp.square(g) - v) * (1.0 - b2), state.nu,
+                                grads)
+    t = count.astype(jnp.float32)
+    correction = jnp.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+    updates = jax.tree_util.tree_map(lambda m, v: m * correction / (jnp.sqrt(v) + eps), mu, nu)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init, update)
+
+
 def adam_direction(cfg) -> optax.GradientTransformation:
   """Clipped gradients -> Adam's update direction; the train step scales it by -lr."""
   validate_optimizer_config(cfg)
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm),
-                     optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+                     scale_by_tf_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
 
 
 def ema_update(ema, params, decay: float):

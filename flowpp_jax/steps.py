@@ -10,6 +10,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from flowpp_jax import objective, optim
@@ -60,28 +61,51 @@ def per_example_bpd(model, params, images, keys, *, deterministic: bool):
   return jax.vmap(one)(images, keys)
 
 
+def nats_per_bpd(images) -> float:
+  """D ln 2 for images [B, H, W, C]: bits/dim times this is nats per image."""
+  return float(np.prod(images.shape[1:]) * np.log(2.0))
+
+
 def train_step(state: TrainState, images, positions, *, model, direction, schedule,
                ema_decay: float, seed: int):
   """One update on this device's share of the global batch; call under pmap(axis_name=AXIS).
 
-  images uint8 [b, H, W, C], positions int32 [b]. A non-finite loss or gradient norm leaves
-  params, EMA and optimiser state untouched and is counted instead.
-  Returns (new_state, metrics of scalars).
+  images uint8 [b, H, W, C], positions int32 [b]. The loss is the official trainer's: the mean
+  over the global batch of -log p(x) (the ELBO) in nats per image, so that the gradient clip
+  (optimizer.grad_clip_norm) acts on the same scale as there. Returns (new_state, metrics of
+  scalars), as ``apply_gradients``.
   """
   keys = example_keys(seed, TRAIN_TAG, positions)
+  scale = nats_per_bpd(images)
 
   def loss_fn(params):
-    return jnp.mean(per_example_bpd(model, params, images, keys, deterministic=False))
+    return jnp.mean(per_example_bpd(model, params, images, keys, deterministic=False)) * scale
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   loss, grads = jax.lax.pmean((loss, grads), AXIS)
+  return apply_gradients(state, loss / scale, grads, direction=direction, schedule=schedule,
+                         ema_decay=ema_decay)
+
+
+def apply_gradients(state: TrainState, train_bpd, grads, *, direction, schedule,
+                    ema_decay: float):
+  """The update of one train step from the global batch's gradient ``grads`` of the mean
+  nats per image: Adam on the clipped gradient at the scheduled rate, and in the same step the
+  EMA moved towards the parameters *before* this update. The official trainer groups its Adam
+  and EMA ops without an order between them, and its checkpoints show the EMA reading the
+  variables before Adam writes them (tests/test_official_training.py): the EMA lags one update.
+
+  A non-finite loss or gradient norm leaves params, EMA and optimiser state untouched and is
+  counted instead (the official trainer has no such guard: a NaN would reach its parameters).
+  Metrics: train_bpd, grad_norm (before clipping, in nats per image), lr, the counts.
+  """
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(train_bpd) & jnp.isfinite(grad_norm)
   lr = schedule(state.step)
   direction_updates, opt_state = direction.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(
       state.params, jax.tree_util.tree_map(lambda u: -lr * u, direction_updates))
-  ema_params = optim.ema_update(state.ema_params, params, ema_decay)
+  ema_params = optim.ema_update(state.ema_params, state.params, ema_decay)
   keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
   skipped = (~finite).astype(jnp.int32)
   new_state = TrainState(
@@ -91,7 +115,7 @@ def train_step(state: TrainState, images, positions, *, model, direction, schedu
       opt_state=keep(opt_state, state.opt_state),
       nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
       nonfinite_total=state.nonfinite_total + skipped)
-  metrics = {'train_bpd': loss, 'grad_norm': grad_norm, 'lr': lr,
+  metrics = {'train_bpd': train_bpd, 'grad_norm': grad_norm, 'lr': lr,
              'nonfinite_total': new_state.nonfinite_total,
              'nonfinite_in_row': new_state.nonfinite_in_row}
   return new_state, metrics

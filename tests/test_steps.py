@@ -55,21 +55,33 @@ def run(step, state, batch, positions):
 
 def test_update_is_adam_on_clipped_gradient_with_scheduled_lr_and_ema():
   step, direction, state = make_step(ema_decay=0.9)
+  # At step 1 (warmup: lr = 0.1 * 1 / 4) with an EMA apart from the parameters.
+  state = state.replace(step=jnp.int32(1), ema_params={'w': jnp.full((3,), 0.2)})
   x, pos = images(0), np.arange(4, dtype=np.int32)
   new, metrics = run(step, state, x, pos)
-  # The same update by hand: gradient of the mean per-example bpd with the same keys.
+  # The same update by hand: gradient of the mean per-example nats (bpd * D ln 2, D = 12).
   keys = steps.example_keys(0, steps.TRAIN_TAG, jnp.asarray(pos))
-  loss = lambda p: jnp.mean(steps.per_example_bpd(MODEL, p, x, keys, deterministic=False))
+  nats = 12 * np.log(2.0)
+  loss = lambda p: jnp.mean(steps.per_example_bpd(MODEL, p, x, keys, deterministic=False)) * nats
   value, grads = jax.value_and_grad(loss)(state.params)
   direction_updates, _ = direction.update(grads, state.opt_state, state.params)
-  lr = 0.1 * 1 / 4  # warmup: (step + 1) / warmup_steps
+  lr = 0.1 * 1 / 4
   expected = state.params['w'] - lr * direction_updates['w']
   np.testing.assert_allclose(new.params['w'], expected, rtol=1e-6)
-  np.testing.assert_allclose(new.ema_params['w'], 0.9 * 0.5 + 0.1 * expected, rtol=1e-6)
-  np.testing.assert_allclose(metrics['train_bpd'], value, rtol=1e-6)
+  # The EMA moves towards the parameters before the update, as the official trainer's does.
+  np.testing.assert_allclose(new.ema_params['w'], 0.9 * 0.2 + 0.1 * 0.5, rtol=1e-6)
+  np.testing.assert_allclose(metrics['train_bpd'], value / nats, rtol=1e-6)
   np.testing.assert_allclose(metrics['lr'], lr, rtol=1e-6)
   np.testing.assert_allclose(metrics['grad_norm'], optax.tree.norm(grads), rtol=1e-6)
-  assert int(new.step) == 1 and int(new.nonfinite_total) == 0
+  assert int(new.step) == 2 and int(new.nonfinite_total) == 0
+
+
+def test_first_update_has_a_rate_of_zero_but_moves_adam():
+  step, _, state = make_step()
+  new, metrics = run(step, state, images(0), np.arange(4, dtype=np.int32))
+  assert float(metrics['lr']) == 0.0
+  np.testing.assert_array_equal(new.params['w'], state.params['w'])
+  assert int(new.opt_state[1].count) == 1 and np.all(new.opt_state[1].mu['w'] != 0)
 
 
 def test_nonfinite_loss_skips_the_update_and_is_counted():
