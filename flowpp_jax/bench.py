@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpp_jax import (accelerators, cpu_devices, evaluate, experiment, parallel, sampling,
-                        steps, train)
+from flowpp_jax import (accelerators, cpu_devices, evaluate, experiment, interrupt, parallel,
+                        sampling, steps, train)
 # Importing main defines --config (and main's other flags, refused in main() below): the
 # benchmark shares its config loading, override parsing and error lines.
 from flowpp_jax import main as main_lib
@@ -416,6 +416,7 @@ def format_table(info: dict, figures: dict) -> str:
 
 def main(argv):
   main_lib.start_borrowing_command(argv, 'the benchmark')
+  interrupt.exit_on_ctrl_c('the benchmark')
   if _STEPS.value < 1 or _SAMPLE_NUM.value < 1:
     fail(f'--steps and --sample_num must be >= 1, got {_STEPS.value} and {_SAMPLE_NUM.value}')
   config = main_lib.load_config()

@@ -88,8 +88,25 @@ def load_config():
 def run(mode: str, config, workdir: str) -> None:
   """Runs a mode that needs a workdir; ValueError means bad input."""
   # Imported here so that summary mode and flag errors stay fast.
+  import jax  # pylint: disable=g-import-not-at-top
+  from flowpp_jax import experiment, interrupt, workdir_lock  # pylint: disable=g-import-not-at-top
+  # Until the training loop takes SIGINT over (it saves a checkpoint first), and for eval and
+  # sample, there is nothing to save: Ctrl-C ends the process at once.
+  interrupt.exit_on_ctrl_c(f'--mode={mode}')
+  if mode != 'train':
+    return _run_in(mode, config, workdir, read_only=True)
+  experiment.validate_run_config(config, jax.device_count())
+  # Before the checkpoint manager opens the workdir: it would tidy a running save's files away.
+  lock = workdir_lock.hold(workdir)
+  try:
+    _run_in(mode, config, workdir, read_only=False)
+  finally:
+    lock.release()
+
+
+def _run_in(mode: str, config, workdir: str, *, read_only: bool) -> None:
   from flowpp_jax import experiment  # pylint: disable=g-import-not-at-top
-  exp = experiment.Experiment(config, workdir, read_only=mode != 'train')
+  exp = experiment.Experiment(config, workdir, read_only=read_only)
   try:
     run_experiment(mode, exp)
   finally:

@@ -3,8 +3,9 @@
 Starts from the latest checkpoint in the workdir when there is one, otherwise from a
 data-dependent init. Data order and randomness are functions of (seed, step, example
 position), so a run killed at any moment and started again with the same command ends with the
-same parameters and metrics as an uninterrupted one. SIGTERM saves a checkpoint, then exits;
-with several processes, all of them do so after the same step.
+same parameters and metrics as an uninterrupted one. SIGTERM and Ctrl-C save a checkpoint, then
+exit (143, 130); a second Ctrl-C exits at once. With several processes, all of them stop after
+the same step.
 """
 import functools
 import signal
@@ -15,7 +16,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from flowpp_jax import evaluate, input_pipeline, parallel, reporting, sampling, steps
+from flowpp_jax import (evaluate, input_pipeline, interrupt, parallel, reporting, sampling,
+                        steps)
 
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -24,24 +26,39 @@ class NonFiniteError(RuntimeError):
   """Too many non-finite losses in a row: training diverged."""
 
 
-class _Preemption:
-  """Remembers a SIGTERM so the loop can save a checkpoint before exiting.
+class _StopRequest:
+  """Remembers a SIGTERM (a preemption) or a Ctrl-C (SIGINT) so the loop can save a checkpoint
+  before exiting; a second Ctrl-C exits at once, leaving the finished checkpoints as they are
+  (orbax writes each one to a temporary folder and renames it when complete).
 
-  With several processes the decision is collective: SIGTERM may reach only some of them, or
+  With several processes the decision is collective: a signal may reach only some of them, or
   reach them at different steps, yet all must save the same step (orbax saves collectively)
   and exit together. So each step every process adds its flag to a count over all devices and
   reads the previous step's count, which it waits for anyway (the loop checks the previous
-  step's metrics): all of them stop after the same step, one step after the first SIGTERM.
+  step's metrics): all of them stop after the same step, one step after the first signal.
   A single process decides alone, at once.
   """
 
-  def __init__(self):
+  def __init__(self, checkpoint_dir):
     self.requested = False
+    self.signal = None  # the first signal received, if any
+    self._checkpoint_dir = checkpoint_dir
     self._count = None  # the pending count of the previous step
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if signum == signal.SIGINT and self.signal == signal.SIGINT:
+      interrupt.exit_now(f'second Ctrl-C: stopped without saving; the checkpoints in '
+                         f'{self._checkpoint_dir} are intact')
     self.requested = True
+    self.signal = self.signal or signum
+
+  @property
+  def exit_code(self) -> int:
+    """130 after a Ctrl-C, 143 after a SIGTERM (or when another process decided)."""
+    if self.signal == signal.SIGINT:
+      return interrupt.INTERRUPTED_EXIT_CODE
+    return PREEMPTED_EXIT_CODE
 
   def stop(self) -> bool:
     """Whether to save and exit after the step just dispatched. Every process calls it once
@@ -52,7 +69,8 @@ class _Preemption:
     return count is not None and int(parallel.unreplicate(count)) > 0
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def _start(exp, say):
@@ -99,7 +117,7 @@ def train(exp) -> steps.TrainState:
   batches = input_pipeline.TrainBatches(train_source, config.batch_size, config.seed,
                                         jax.process_index(), jax.process_count())
   p_state = parallel.replicate(state)
-  preemption = _Preemption()
+  preemption = _StopRequest(exp.checkpoints.directory)
   processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
   reporter.say(f'training steps {start_step}..{config.num_train_steps} on '
                f'{jax.device_count()} {jax.devices()[0].platform} device(s){processes}, '
@@ -139,10 +157,11 @@ def train(exp) -> steps.TrainState:
         exp.save(parallel.unreplicate(p_state))
       if stop:
         exp.checkpoints.wait()
-        reporter.say(f'SIGTERM: saved the checkpoint of step {done}; run the same command '
-                     'to resume')
+        cause = 'Ctrl-C' if preemption.signal == signal.SIGINT else 'SIGTERM'
+        reporter.say(f'{cause}: saved the checkpoint of step {done} in '
+                     f'{exp.checkpoints.directory}; run the same command to resume')
         reporter.close()
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(preemption.exit_code)
     if previous_metrics is not None:
       _check_finite(previous_metrics, config.optimizer.max_nonfinite_in_row,
                     config.num_train_steps)

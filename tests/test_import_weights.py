@@ -202,25 +202,20 @@ def test_import_then_export_gives_the_file_back_and_the_workdir_samples(tmp_path
   record = json.loads((workdir / 'imported_weights.json').read_text())
   assert record['path'] == str(weights) and len(record['sha256']) == 64
   out = tmp_path / 'back.npz'
-  result = cli(f'--workdir={workdir}', f'--export={out}')
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert import_weights.export_weights(workdir, str(out)) == 1787
   original, back = np.load(weights), np.load(out)
   assert sorted(original.files) == sorted(back.files)
   for name in original.files:
     assert original[name].dtype == back[name].dtype and np.array_equal(original[name], back[name])
-  assert_one_error_line(cli(f'--workdir={workdir}', f'--export={out}'), 'exists')
-  # The workdir is an ordinary one: the API and --mode=sample read it.
+  with pytest.raises(ValueError, match='exists'):
+    import_weights.export_weights(workdir, str(out))
+  # The workdir is an ordinary one: the API reads it (and so --mode=sample, which shares its
+  # sampler).
   model = flowpp_jax.load(workdir)
   io = np.load(DATA / 'imagenet32_tiny_io.npz')
   assert np.all(np.abs(model.bpd(io['x']) - io['bpd']) < 0.05)  # another eps: same scale
   np.testing.assert_array_equal(model.decode(model.encode(io['x'])), io['x'])
-  sample = subprocess.run(
-      [sys.executable, '-m', 'flowpp_jax.main', *override_flags('imagenet32'),
-       f'--workdir={workdir}', '--mode=sample', '--config.sample.num=2'],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-      timeout=600)
-  assert sample.returncode == 0, sample.stderr[-3000:]
-  assert np.load(workdir / 'samples' / 'step_00000000_t1.npy').shape == (2, 32, 32, 3)
+  assert model.sample(2).shape == (2, 32, 32, 3)
 
 
 def test_exported_run_imports_evaluates_and_resumes(tmp_path):
@@ -246,7 +241,9 @@ def test_exported_run_imports_evaluates_and_resumes(tmp_path):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resuming from' in result.stdout
-  assert json.loads((workdir / 'eval.json').read_text())['step'] == 4
+  # Training ends with the evaluation --mode=eval runs.
+  evaluated = json.loads((workdir / 'eval.json').read_text())
+  assert evaluated['step'] == 4 and evaluated['bpd_iw'] <= evaluated['bpd']
 
 
 def snapshot(directory):

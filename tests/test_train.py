@@ -244,6 +244,119 @@ def test_resume_after_sigterm_and_kill_is_bit_identical(trained, tmp_path):
   assert (workdir / 'eval.json').read_text() == (reference / 'eval.json').read_text()
 
 
+def with_default_sigint(args):
+  """The command ``args`` started with SIGINT at its default disposition, as a user's Ctrl-C
+  finds it (a child of a non-interactive shell inherits it ignored; exec keeps the default).
+  No preexec_fn: forking a multithreaded (JAX) process may deadlock there."""
+  return [sys.executable, '-c', 'import os, signal, sys; signal.signal(signal.SIGINT, '
+          'signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])', *args]
+
+
+def test_ctrl_c_saves_and_resumes_bit_identical_and_a_second_run_is_refused(trained, tmp_path):
+  reference, _ = trained
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  process = subprocess.Popen(with_default_sigint(command(workdir)), cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    assert wait_for(lambda: checkpoint_steps(workdir), process)
+    # The same command again while the first runs: refused, naming the holder.
+    second = cli(workdir)
+    assert_one_error_line(second, f'{workdir} is in use by pid {process.pid} on ',
+                          'stop that run or pass another --workdir')
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert process.returncode == 130, err[-3000:]
+  stopped_at = max(checkpoint_steps(workdir))
+  assert f'Ctrl-C: saved the checkpoint of step {stopped_at} in {workdir}' in out
+  assert 'Traceback' not in err and 'Exception ignored' not in err, err[-3000:]
+  assert stopped_at < 24 and not (workdir / 'train.lock').exists()
+  result = cli(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  ours, theirs = final_state(workdir), final_state(reference)
+  leaves = jax.tree_util.tree_leaves
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(ours), leaves(theirs)))
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+  assert strip(read_rows(workdir)) == strip(read_rows(reference))
+
+
+_TWO_CTRL_C = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+from flowpp_jax import train
+request = train._StopRequest('CHECKPOINTS')
+os.kill(os.getpid(), signal.SIGINT)
+assert request.requested and request.exit_code == 130
+print('first Ctrl-C: asked to stop', flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(30)
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once():
+  result = subprocess.run([sys.executable, '-c', _TWO_CTRL_C], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 130, result.stderr[-3000:]
+  assert result.stdout == 'first Ctrl-C: asked to stop\n'
+  assert result.stderr == ('second Ctrl-C: stopped without saving; the checkpoints in '
+                           'CHECKPOINTS are intact\n')
+
+
+_CTRL_C_AT_ONCE = """
+import os, signal, time
+from flowpp_jax import interrupt
+interrupt.exit_on_ctrl_c('--mode=eval')
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(30)
+"""
+
+
+def test_ctrl_c_in_eval_sample_and_bench_is_one_line():
+  result = subprocess.run([sys.executable, '-c', _CTRL_C_AT_ONCE], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert (result.returncode, result.stderr) == (130, '--mode=eval: stopped by Ctrl-C\n')
+
+
+def write_lock(workdir, pid, **fields):
+  from flowpp_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  record = {**workdir_lock._record(), 'pid': pid,  # pylint: disable=protected-access
+            'proc_start': workdir_lock._proc_start(pid), **fields}  # pylint: disable=protected-access
+  (workdir / 'train.lock').write_text(json.dumps(record))
+
+
+def test_a_live_lock_refuses_and_changes_nothing(trained, tmp_path):
+  workdir = damaged_copy(trained, tmp_path, lambda _: None)
+  holder = subprocess.Popen(['sleep', '120'])
+  try:
+    write_lock(workdir, holder.pid, started='2026-01-01T00:00:00+00:00')
+    before = snapshot(workdir)
+    result = cli(workdir)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert_one_error_line(result, f'{workdir} is in use by pid {holder.pid} on ',
+                        'since 2026-01-01T00:00:00+00:00; stop that run or pass another --workdir')
+  assert snapshot(workdir) == before
+  # The same record from another host is honoured too, with what to do if that run is gone.
+  write_lock(workdir, holder.pid, host='elsewhere')
+  assert_one_error_line(cli(workdir), 'on elsewhere', f'delete {workdir / "train.lock"}')
+
+
+@pytest.mark.parametrize('pid,stale', [(2 ** 22 + 7, {}), (None, dict(boot_id='an-earlier-boot')),
+                                       (None, dict(proc_start='1'))])
+def test_a_stale_lock_does_not_block(trained, tmp_path, pid, stale):
+  """A dead pid, a lock from before a reboot, or a pid now used by another process."""
+  workdir = damaged_copy(trained, tmp_path, lambda _: None)
+  write_lock(workdir, pid or os.getppid(), **stale)
+  from flowpp_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  lock = workdir_lock.WorkdirLock(workdir).acquire()
+  assert json.loads((workdir / 'train.lock').read_text())['pid'] == os.getpid()
+  lock.release()
+  assert not (workdir / 'train.lock').exists()
+
+
 def test_train_step_through_tfds_reader_at_cifar10_shapes(tmp_path):
   """cifar10 through tfds.data_source (mocked by tfds.testing.mock_data) into a real train
   step, eval and sample with a tiny model."""
