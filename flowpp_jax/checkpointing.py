@@ -29,6 +29,13 @@ def model_signature(model_cfg) -> dict:
   return json.loads(model_cfg.to_json())
 
 
+def _silence_failed_reads() -> None:
+  """After a failed read: the unretrieved exceptions of its other in-flight reads are logged by
+  asyncio when their tasks are collected, later (at exit, as tracebacks); the one
+  CheckpointError already says what happened."""
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+
+
 class Checkpoints:
   """The checkpoints of one workdir. Every process must create it and call save/restore
   (orbax coordinates them; only the primary host writes metadata)."""
@@ -70,6 +77,7 @@ class Checkpoints:
       return self._manager.restore(
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     except Exception as e:  # orbax raises many types for a damaged directory
+      _silence_failed_reads()
       raise self._unreadable(step, e) from e
 
   def restore(self, step: int, abstract_state, model_cfg):
@@ -95,8 +103,7 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target)))['state']
       except Exception as e:
         time.sleep(1.0)  # let the in-flight callbacks finish while stderr is redirected
-        # Their futures' unretrieved exceptions are logged by asyncio when collected, later.
-        logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+        _silence_failed_reads()
         raise self._unreadable(step, e) from e
     restored_shapes = jax.tree_util.tree_map(np.shape, tree)
     if restored_shapes != jax.tree_util.tree_map(np.shape, target):

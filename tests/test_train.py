@@ -252,18 +252,18 @@ def with_default_sigint(args):
           'signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])', *args]
 
 
-def test_ctrl_c_saves_and_resumes_bit_identical_and_a_second_run_is_refused(trained, tmp_path):
+def start_training(workdir, *args):
+  return subprocess.Popen(with_default_sigint(command(workdir, *args)), cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_saves_and_resume_is_bit_identical(trained, tmp_path):
   reference, _ = trained
   workdir = tmp_path / 'run'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  process = subprocess.Popen(with_default_sigint(command(workdir)), cwd=ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = start_training(workdir)
   try:
     assert wait_for(lambda: checkpoint_steps(workdir), process)
-    # The same command again while the first runs: refused, naming the holder.
-    second = cli(workdir)
-    assert_one_error_line(second, f'{workdir} is in use by pid {process.pid} on ',
-                          'stop that run or pass another --workdir')
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
   finally:
@@ -280,6 +280,21 @@ def test_ctrl_c_saves_and_resumes_bit_identical_and_a_second_run_is_refused(trai
   assert all(np.array_equal(a, b) for a, b in zip(leaves(ours), leaves(theirs)))
   strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
   assert strip(read_rows(workdir)) == strip(read_rows(reference))
+
+
+def test_a_second_run_on_a_training_workdir_is_refused(tmp_path):
+  workdir = tmp_path / 'run'
+  process = start_training(workdir, '--config.num_train_steps=1000000')
+  try:
+    assert wait_for(lambda: checkpoint_steps(workdir), process)
+    second = cli(workdir)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert_one_error_line(second, f'{workdir} is in use by pid {process.pid} on ',
+                        'stop that run or pass another --workdir')
+  assert process.returncode == 130
 
 
 _TWO_CTRL_C = """
