@@ -31,8 +31,10 @@ import re
 import zipfile
 
 # Before anything imports TensorFlow (etils.epath does where it is installed): its start-up
-# log lines are not this command's output.
+# log lines are not this command's output, and its oneDNN kernels (which announce themselves)
+# do nothing for reading a checkpoint.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 from absl import app, flags
 import jax
