@@ -205,6 +205,26 @@ def checkpoint_steps(workdir):
                 if p.name.isdigit() and (p / '_CHECKPOINT_METADATA').exists())
 
 
+def stop_at_first_checkpoint(process, workdir, signum):
+  """Sends ``signum`` to the training ``process`` as soon as its first checkpoint exists;
+  returns its (stdout, stderr) once it has exited."""
+  try:
+    assert wait_for(lambda: checkpoint_steps(workdir), process)
+    process.send_signal(signum)
+    return process.communicate(timeout=300)
+  finally:
+    process.kill()
+
+
+def assert_same_run(workdir, reference):
+  """The run in ``workdir`` ended with the reference run's state and metrics, bit for bit."""
+  ours, theirs = final_state(workdir), final_state(reference)
+  leaves = jax.tree_util.tree_leaves
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(ours), leaves(theirs)))
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+  assert strip(read_rows(workdir)) == strip(read_rows(reference))
+
+
 def test_resume_after_sigterm_and_kill_is_bit_identical(trained, tmp_path):
   reference, _ = trained
   workdir = tmp_path / 'run'
@@ -213,12 +233,7 @@ def test_resume_after_sigterm_and_kill_is_bit_identical(trained, tmp_path):
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   # 1. Preemption: SIGTERM once the first checkpoint exists -> checkpoint, exit 143.
   process = popen()
-  try:
-    assert wait_for(lambda: checkpoint_steps(workdir), process)
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=300)
-  finally:
-    process.kill()
+  out, err = stop_at_first_checkpoint(process, workdir, signal.SIGTERM)
   assert process.returncode == train.PREEMPTED_EXIT_CODE, err[-3000:]
   preempted_at = max(checkpoint_steps(workdir))
   assert f'saved the checkpoint of step {preempted_at}' in out
@@ -236,11 +251,7 @@ def test_resume_after_sigterm_and_kill_is_bit_identical(trained, tmp_path):
   result = cli(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resuming from' in result.stdout
-  ours, theirs = final_state(workdir), final_state(reference)
-  leaves = jax.tree_util.tree_leaves
-  assert all(np.array_equal(a, b) for a, b in zip(leaves(ours), leaves(theirs)))
-  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-  assert strip(read_rows(workdir)) == strip(read_rows(reference))
+  assert_same_run(workdir, reference)
   assert (workdir / 'eval.json').read_text() == (reference / 'eval.json').read_text()
 
 
@@ -262,12 +273,7 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(trained, tmp_path):
   reference, _ = trained
   workdir = tmp_path / 'run'
   process = start_training(workdir)
-  try:
-    assert wait_for(lambda: checkpoint_steps(workdir), process)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=300)
-  finally:
-    process.kill()
+  out, err = stop_at_first_checkpoint(process, workdir, signal.SIGINT)
   assert process.returncode == 130, err[-3000:]
   stopped_at = max(checkpoint_steps(workdir))
   assert f'Ctrl-C: saved the checkpoint of step {stopped_at} in {workdir}' in out
@@ -275,11 +281,7 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(trained, tmp_path):
   assert stopped_at < 24 and not (workdir / 'train.lock').exists()
   result = cli(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  ours, theirs = final_state(workdir), final_state(reference)
-  leaves = jax.tree_util.tree_leaves
-  assert all(np.array_equal(a, b) for a, b in zip(leaves(ours), leaves(theirs)))
-  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-  assert strip(read_rows(workdir)) == strip(read_rows(reference))
+  assert_same_run(workdir, reference)
 
 
 def test_a_second_run_on_a_training_workdir_is_refused(tmp_path):
