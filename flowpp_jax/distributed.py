@@ -13,6 +13,9 @@ The rules (each flag falls back to its environment variable when not given):
 - --distributed alone: ``jax.distributed.initialize()``, which reads them from the cluster
   (Cloud TPU pod slices, SLURM, Open MPI).
 - Some of the three but not all, or a bad value: ValueError.
+- --coordinator_timeout=S (default 300 s, jax's): how long the processes wait for each other
+  to join. When that runs out, each prints one ``error:`` line naming the address and the
+  timeout and exits with status 2 (jax itself would abort with a C++ stack trace).
 
 Then every process runs a collective over each group of devices that training uses, so that
 all connections are made while the processes are in step. On CPU, collectives between
@@ -21,6 +24,9 @@ processes go through gloo over TCP. This must run before anything touches a JAX 
 that.
 """
 import os
+import socket
+import sys
+import threading
 from typing import Optional
 
 import jax
@@ -79,11 +85,19 @@ def initialize_args(distributed: bool = False, coordinator_address=None, num_pro
   return {'coordinator_address': address, 'num_processes': count, 'process_id': index}
 
 
-def initialize(kwargs: Optional[dict]) -> None:
+DEFAULT_TIMEOUT_S = 300
+# jax's own deadline comes this much after ours, so that ours always fires first.
+_JAX_DEADLINE_MARGIN_S = 30
+
+
+def initialize(kwargs: Optional[dict], timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
   """Starts jax.distributed with ``initialize_args``' result, as the module docstring says;
-  does nothing for a single process (None). Blocks until all processes have joined."""
+  does nothing for a single process (None). Blocks until all processes have joined, at most
+  ``timeout_s`` seconds; then prints one error line and exits with status 2."""
   if kwargs is None:
     return
+  if timeout_s < 1:
+    raise ValueError(f'--coordinator_timeout must be >= 1 second, got {timeout_s}')
   # Read when the CPU backend is created: CPU processes run collectives with each other only
   # through such an implementation (gloo is jax 0.10's default; set so as not to depend on it).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -91,13 +105,47 @@ def initialize(kwargs: Optional[dict]) -> None:
   # decides collectively when to save and stop) and let the process run on: without it, such a
   # SIGTERM ends the process as it does a single-process run.
   jax.config.update('jax_enable_preemption_service', False)
+  # A join that runs out of time ends in a C++ fatal error, which Python cannot catch: a timer
+  # thread ends the process first (the join releases the GIL), with nothing yet written.
+  watchdog = threading.Timer(timeout_s, _exit_not_joined, (kwargs, timeout_s))
+  watchdog.daemon = True
+  watchdog.start()
   try:
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(**kwargs,
+                               initialization_timeout=timeout_s + _JAX_DEADLINE_MARGIN_S)
   except ValueError as e:  # jax found no cluster to read the settings from
     if kwargs:
       raise
     raise ValueError(f'--distributed: {e} ({_NO_CLUSTER})') from e
+  finally:
+    watchdog.cancel()
   _connect_devices()
+
+
+def _exit_not_joined(kwargs: dict, timeout_s: int) -> None:
+  """The error line (and exit) of a join that did not complete within ``timeout_s``."""
+  address = kwargs.get('coordinator_address')
+  waited = f'within {timeout_s} s (--coordinator_timeout)'
+  if address is not None and kwargs['process_id'] != 0 and not _listens(address):
+    message = (f'could not reach the coordinator {address} {waited}: nothing listens there; '
+               f'start process 0 on that host, or correct --coordinator_address')
+  else:
+    where = address or 'the coordinator that --distributed detected'
+    count = kwargs.get('num_processes', 'the')
+    message = (f'not all {count} processes joined at {where} {waited}; start every process '
+               f'with the same --coordinator_address and --num_processes, or raise '
+               f'--coordinator_timeout')
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  os._exit(2)  # the main thread is blocked in jax's join; nothing has been written yet
+
+
+def _listens(address: str) -> bool:
+  host, _, port = address.rpartition(':')
+  try:
+    with socket.create_connection((host.strip('[]'), int(port)), timeout=5):
+      return True
+  except OSError:
+    return False
 
 
 def _connect_devices() -> None:

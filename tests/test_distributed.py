@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from flowpp_jax import distributed, evaluate, experiment, parallel, train
-from conftest import ROOT
+from conftest import ROOT, assert_one_error_line
 
 STEPS = 12
 # The tiny digits config with one coupling stage, no attention and uniform dequantization: a
@@ -304,4 +304,22 @@ def test_bad_settings_give_one_error_line(tmp_path, args, env, fragment):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: '), lines[-5:]
   assert fragment in lines[0]
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('process_id,fragment', [
+    (1, 'could not reach the coordinator 127.0.0.1:{port} within 3 s (--coordinator_timeout): '
+        'nothing listens there'),
+    (0, 'not all 2 processes joined at 127.0.0.1:{port} within 3 s'),
+])
+def test_a_join_that_times_out_gives_one_error_line(tmp_path, process_id, fragment):
+  # Process 1 finds no coordinator; process 0 is the coordinator, and process 1 never comes.
+  port = free_port()
+  result = subprocess.run(
+      [sys.executable, '-m', 'flowpp_jax.main', '--config=configs/digits.py:tiny',
+       f'--workdir={tmp_path / "run"}', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={process_id}', '--coordinator_timeout=3'],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=TIMEOUT)
+  assert_one_error_line(result, fragment.format(port=port))
   assert not (tmp_path / 'run').exists()
