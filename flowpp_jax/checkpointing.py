@@ -4,13 +4,16 @@ stored beside the arrays so that a workdir cannot be resumed with another archit
 Nothing here deletes or overwrites a checkpoint except orbax's rotation of old ones after a
 newer save (``keep``); a step that already exists is never saved again. Saves are written to a
 temporary directory and renamed when complete, so a process killed mid-save leaves the previous
-checkpoints intact.
+checkpoints intact. A save that fails (a full disk, say) removes its temporary directory, and
+the next run's manager removes any left by a killed process (the workdir lock makes sure no
+other run is writing one).
 """
 import contextlib
-import io
+import functools
 import json
 import logging
-import time
+import shutil
+import sys
 
 import flax.serialization
 import jax
@@ -36,6 +39,19 @@ def _silence_failed_reads() -> None:
   logging.getLogger('asyncio').setLevel(logging.CRITICAL)
 
 
+def _drop_closed_loop_callbacks(unraisable, fallback) -> None:
+  """A failed read or write stops orbax's event loop while tensorstore's other reads or writes
+  are in flight; each of their callbacks then reports an unraisable 'Event loop is closed'
+  (hundreds of tracebacks). Those are dropped: the exception that ended the operation says
+  what happened. Anything else goes to the previous hook."""
+  if not (isinstance(unraisable.exc_value, RuntimeError) and unraisable.object is None
+          and str(unraisable.exc_value) == 'Event loop is closed'):
+    fallback(unraisable)
+
+
+sys.unraisablehook = functools.partial(_drop_closed_loop_callbacks, fallback=sys.unraisablehook)
+
+
 class Checkpoints:
   """The checkpoints of one workdir. Every process must create it and call save/restore
   (orbax coordinates them; only the primary host writes metadata)."""
@@ -48,7 +64,8 @@ class Checkpoints:
                                              save_interval_steps=0)
     else:
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True)
+                                             enable_async_checkpointing=True,
+                                             cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'meta'))
 
@@ -56,21 +73,32 @@ class Checkpoints:
     """The newest complete checkpoint's step, or None."""
     return self._manager.latest_step()
 
-  def all_steps(self) -> list:
-    return list(self._manager.all_steps())
-
   def save(self, step: int, state, meta: dict) -> bool:
     """Starts an asynchronous save of ``state`` (host arrays) at ``step``; False if that step
     already has a checkpoint (it is kept as it is)."""
     if step in self._manager.all_steps():
       return False
     tree = flax.serialization.to_state_dict(state)
-    return self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+    with self._discarding_failed_saves():  # saving first waits for the previous save
+      return self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
 
   def wait(self) -> None:
-    """Blocks until the pending save is complete on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until the pending save is complete on disk; raises what made it fail."""
+    with self._discarding_failed_saves():
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _discarding_failed_saves(self):
+    """Removes the temporary directories of a save that failed, so that a full disk gets
+    back the space the incomplete checkpoint took; the complete ones stay."""
+    try:
+      yield
+    except Exception:
+      if not fileio.is_remote(self.directory) and jax.process_index() == 0:
+        for partial in self.directory.glob('*.orbax-checkpoint-tmp*'):
+          shutil.rmtree(partial, ignore_errors=True)
+      raise
 
   def read_meta(self, step: int) -> dict:
     try:
@@ -94,17 +122,12 @@ class Checkpoints:
     target = flax.serialization.to_state_dict(abstract_state)
     target = jax.tree_util.tree_map(
         lambda x: np.zeros(x.shape, x.dtype), target)
-    # A damaged file fails one read while tensorstore's other reads are still in flight; their
-    # callbacks then hit orbax's closed event loop and print a traceback each. Keep those off
-    # the console: the one CheckpointError says what happened.
-    with contextlib.redirect_stderr(io.StringIO()):
-      try:
-        tree = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))['state']
-      except Exception as e:
-        time.sleep(1.0)  # let the in-flight callbacks finish while stderr is redirected
-        _silence_failed_reads()
-        raise self._unreadable(step, e) from e
+    try:
+      tree = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
+    except Exception as e:
+      _silence_failed_reads()
+      raise self._unreadable(step, e) from e
     restored_shapes = jax.tree_util.tree_map(np.shape, tree)
     if restored_shapes != jax.tree_util.tree_map(np.shape, target):
       raise self._unreadable(step, 'its arrays do not have the shapes of the model')
@@ -119,4 +142,7 @@ class Checkpoints:
         f'of {self.directory} to resume from an earlier one, or use a new --workdir')
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for the pending save and stops orbax's threads; a save that failed was already
+    raised by save or wait."""
+    with contextlib.suppress(Exception):
+      self._manager.close()

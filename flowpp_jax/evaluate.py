@@ -43,5 +43,5 @@ def evaluate_and_report(exp, p_params, step: int) -> dict:
     print(f'eval step {step}: test {result["bpd"]:.4f} bits/dim (ELBO), '
           f'{result["bpd_iw"]:.4f} bits/dim (importance-weighted, K={cfg.num_iw_samples}) '
           f'on {result["num_examples"]} images', flush=True)
-    (fileio.path(exp.workdir) / 'eval.json').write_text(json.dumps(result, indent=2) + '\n')
+    fileio.write_text(fileio.path(exp.workdir) / 'eval.json', json.dumps(result, indent=2) + '\n')
   return result

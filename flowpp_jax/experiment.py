@@ -125,7 +125,8 @@ class Experiment:
   def write_config(self) -> None:
     """WORKDIR/config.json: the run's full config, which flowpp_jax.load reads back."""
     if jax.process_index() == 0:
-      (fileio.path(self.workdir) / CONFIG_FILE).write_text(self.config.to_json(indent=2) + '\n')
+      fileio.write_text(fileio.path(self.workdir) / CONFIG_FILE,
+                        self.config.to_json(indent=2) + '\n')
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

@@ -8,6 +8,7 @@ epath paths all the way to here.
 Object stores have no folders and no append (gcsfs silently turns ``open(mode='a')`` into an
 overwrite): ``makedirs`` skips URIs, and writers that append locally rewrite remote files.
 """
+import errno
 import importlib.util
 import os
 
@@ -48,3 +49,33 @@ def makedirs(p) -> epath.Path:
     p.mkdir(parents=True, exist_ok=True)
   return p
 
+
+
+def write_text(p, text: str) -> None:
+  """Writes the file ``p`` whole or not at all: a local file is written beside and renamed
+  over it, so that a full disk or a kill leaves the old contents (an object store replaces an
+  object only once it is complete)."""
+  p = path(p)
+  if is_remote(p):
+    p.write_text(text)
+    return
+  partial = p.with_name(f'.{p.name}.partial')
+  try:
+    partial.write_text(text)
+    os.replace(partial, p)
+  finally:
+    partial.unlink(missing_ok=True)
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether ``error``, or one that it was raised from or while handling, is a full disk or
+  quota (orbax and tensorstore wrap the OSError, or keep only its message)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(text in str(error) for text in ('No space left on device', 'Disk quota exceeded')):
+      return True
+    error = error.__cause__ or error.__context__
+  return False

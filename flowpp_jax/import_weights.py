@@ -293,7 +293,7 @@ def import_weights(config, weights: str, workdir, config_name: str = 'the config
   finally:
     exp.checkpoints.close()
   exp.write_config()
-  (fileio.path(workdir) / RECORD_FILE).write_text(json.dumps(record, indent=2) + '\n')
+  fileio.write_text(fileio.path(workdir) / RECORD_FILE, json.dumps(record, indent=2) + '\n')
   return record
 
 

@@ -12,6 +12,7 @@ Several processes (hosts) run one job when each is started with the multi-proces
 flowpp_jax/distributed.py); the config's batch sizes are global, over all of their devices.
 Bad input prints one `error: ...` line and exits with status 2.
 """
+import os
 import sys
 
 from flowpp_jax import host_memory
@@ -24,6 +25,7 @@ from ml_collections import config_flags
 
 from flowpp_jax import cpu_devices
 from flowpp_jax import distributed
+from flowpp_jax import fileio
 from flowpp_jax import model as model_lib
 from flowpp_jax import summary
 
@@ -44,6 +46,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-process run: this process, 0 .. num_processes - 1 (default: '
     '$FLOWPP_PROCESS_ID).')
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+    'coordinator_timeout', distributed.DEFAULT_TIMEOUT_S, 'Multi-process run: seconds to wait '
+    'for all processes to join before giving up with an error.')
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -62,11 +67,23 @@ def parse_flags(argv):
     fail(f'bad command line: {e}'.replace('\n', ' '))
 
 
+def _not_from_orbax(record) -> bool:
+  return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def quiet_logging() -> None:
+  """Unless --verbosity is given: orbax logs every save, and tfds every missing metadata file,
+  so only errors are logged, and not orbax's, which each reach the command as an exception
+  that it reports in one line (a failed background save logs a traceback per thread)."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)
+    logging.get_absl_handler().addFilter(_not_from_orbax)
+
+
 def start_borrowing_command(argv, command: str, allowed=('config',)) -> None:
   """The first checks of a command that imports this module for its --config (and the flags
-  in ``allowed``): quiet logging, no positional arguments, none of main's other flags."""
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)  # orbax's messages are not progress
+  in ``allowed``): quiet_logging, no positional arguments, none of main's other flags."""
+  quiet_logging()
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
   for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__]):
@@ -93,15 +110,32 @@ def run(mode: str, config, workdir: str) -> None:
   # Until the training loop takes SIGINT over (it saves a checkpoint first), and for eval and
   # sample, there is nothing to save: Ctrl-C ends the process at once.
   interrupt.exit_on_ctrl_c(f'--mode={mode}')
-  if mode != 'train':
-    return _run_in(mode, config, workdir, read_only=True)
-  experiment.validate_run_config(config, jax.device_count())
-  # Before the checkpoint manager opens the workdir: it would tidy a running save's files away.
-  lock = workdir_lock.hold(workdir)
   try:
-    _run_in(mode, config, workdir, read_only=False)
-  finally:
-    lock.release()
+    if mode != 'train':
+      return _run_in(mode, config, workdir, read_only=True)
+    experiment.validate_run_config(config, jax.device_count())
+    # Before the checkpoint manager opens the workdir: it tidies away unfinished saves.
+    lock = workdir_lock.hold(workdir)
+    try:
+      _run_in(mode, config, workdir, read_only=False)
+    finally:
+      lock.release()
+  except Exception as e:  # pylint: disable=broad-except  (orbax wraps the OSError its own way)
+    if not fileio.is_disk_full(e):
+      raise
+    resume = (f': it resumes from the newest complete checkpoint{_newest_checkpoint(workdir)}'
+              if mode == 'train' else '')
+    fail(f'no space left on the disk of {workdir}; free space and run the same '
+         f'command{resume}')
+
+
+def _newest_checkpoint(workdir) -> str:
+  """' (step N)' for the newest complete checkpoint in ``workdir``, '' where there is none."""
+  from flowpp_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
+  step = checkpoints.latest_step()
+  checkpoints.close()
+  return '' if step is None else f' (step {step})'
 
 
 def _run_in(mode: str, config, workdir: str, *, read_only: bool) -> None:
@@ -139,9 +173,7 @@ def run_experiment(mode: str, exp) -> None:
 
 
 def main(argv):
-  if not flags.FLAGS['verbosity'].present:
-    # orbax logs every save, and tfds every missing metadata file: errors print one line.
-    logging.set_verbosity(logging.ERROR)
+  quiet_logging()
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
   config = load_config()
@@ -157,7 +189,7 @@ def main(argv):
     processes = (multi_process or {}).get('num_processes', 1)
     cpu_devices.use_all_cores((config.batch_size, config.eval.batch_size), processes)
     # After the checks above, so that bad input fails at once instead of waiting for the others.
-    distributed.initialize(multi_process)
+    distributed.initialize(multi_process, _COORDINATOR_TIMEOUT.value)
     run(_MODE.value, config, _WORKDIR.value)
   except ValueError as e:
     fail(f'{e}'.splitlines()[0])

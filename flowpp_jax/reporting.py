@@ -30,6 +30,17 @@ def format_duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
 
 
+def _rows(text: str) -> list:
+  """The lines of metrics.jsonl, less a last one that a full disk or a kill cut short."""
+  lines = [line for line in text.splitlines() if line.strip()]
+  if lines:
+    try:
+      json.loads(lines[-1])
+    except json.JSONDecodeError:
+      lines.pop()
+  return lines
+
+
 class Reporter:
   """Writes metrics rows; ``resume_step`` is the step the run starts from."""
 
@@ -45,9 +56,9 @@ class Reporter:
     self._remote = fileio.is_remote(self.path)
     self._lines = []  # The file's lines, kept to rewrite a remote file (no append there).
     if self.path.exists():
-      self._lines = [line + '\n' for line in self.path.read_text().splitlines()
-                     if line.strip() and json.loads(line)['step'] <= resume_step]
-      self.path.write_text(''.join(self._lines))
+      self._lines = [line + '\n' for line in _rows(self.path.read_text())
+                     if json.loads(line)['step'] <= resume_step]
+      fileio.write_text(self.path, ''.join(self._lines))
     self._tb = self._summary_writer(fileio.path(workdir) / 'tensorboard', resume_step)
 
   def _summary_writer(self, logdir, resume_step: int):
@@ -93,7 +104,7 @@ class Reporter:
     line = json.dumps(row) + '\n'
     if self._remote:
       self._lines.append(line)
-      self.path.write_text(''.join(self._lines))
+      fileio.write_text(self.path, ''.join(self._lines))
     else:
       with self.path.open('a') as f:
         f.write(line)

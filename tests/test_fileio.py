@@ -112,3 +112,38 @@ def test_local_workdir_still_appends(tmp_path):
   reporter.close()
   assert len((tmp_path / 'metrics.jsonl').read_text().splitlines()) == 2
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_write_text_keeps_the_old_file_when_the_write_fails(tmp_path):
+  target = tmp_path / 'eval.json'
+  fileio.write_text(target, 'old\n')
+  with pytest.raises(UnicodeEncodeError):  # fails after the file was opened, as ENOSPC does
+    fileio.write_text(target, 'new \udc80\n')
+  assert target.read_text() == 'old\n'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['eval.json']
+
+
+def test_is_disk_full_sees_through_wrappers():
+  full = OSError(28, 'No space left on device')
+  try:
+    try:
+      raise full
+    except OSError as e:
+      raise RuntimeError('Save Finalize thread failed') from e
+  except RuntimeError as wrapped:
+    assert fileio.is_disk_full(wrapped)
+  assert fileio.is_disk_full(ValueError('RESOURCE_EXHAUSTED: Error writing "x": '
+                                        '[OSError 28] No space left on device'))
+  # An accelerator out of memory is not a full disk.
+  assert not fileio.is_disk_full(RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating'))
+  assert not fileio.is_disk_full(OSError(13, 'Permission denied'))
+
+
+def test_a_metrics_row_cut_short_is_dropped_on_resume(tmp_path):
+  rows = [json.dumps({'step': s, 'train_bpd': 1.0}) + '\n' for s in (4, 8)]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(rows) + '{"step": 12, "train_')
+  reporter = reporting.Reporter(tmp_path, total_steps=24, resume_step=12)
+  reporter.write(16, {'train_bpd': 2.0})
+  reporter.close()
+  lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(line)['step'] for line in lines] == [4, 8, 16]

@@ -374,6 +374,50 @@ def test_a_stale_lock_does_not_block(trained, tmp_path, pid, stale):
   assert not (workdir / 'train.lock').exists()
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+  """mount(size) mounts an empty tmpfs of ``size`` bytes at the returned path (root only), or
+  resizes it; unmounted at the end."""
+  mount_point = tmp_path / 'disk'
+  mount_point.mkdir()
+  mounted = []
+
+  def mount(size):
+    options = f'remount,size={size}' if mounted else f'size={size}'
+    result = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode and not mounted:
+      pytest.skip(f'cannot mount a tmpfs here: {result.stderr.strip()}')
+    assert result.returncode == 0, result.stderr
+    mounted.append(size)
+    return mount_point
+
+  yield mount
+  if mounted:
+    subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def test_a_full_disk_stops_the_run_and_a_restart_resumes(trained, small_disk):
+  reference, _ = trained
+  state_dir = reference / 'checkpoints' / '24'
+  page = 4096
+  checkpoint_size = sum(-(-p.stat().st_size // page) * page
+                        for p in state_dir.rglob('*') if p.is_file())
+  # Room for the first checkpoint (step 6) and the small files, but not for the second.
+  workdir = small_disk(checkpoint_size * 3 // 2) / 'run'
+  assert_one_error_line(cli(workdir), f'no space left on the disk of {workdir}',
+                        'free space and run the same command',
+                        'newest complete checkpoint (step 6)')
+  assert checkpoint_steps(workdir) == [6]
+  assert not list((workdir / 'checkpoints').glob('*tmp*')), 'the failed save was left behind'
+  assert not (workdir / 'train.lock').exists()
+  small_disk(64 * 2**20)  # space freed
+  result = cli(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'resuming from {workdir}/checkpoints/6' in result.stdout
+  assert_same_run(workdir, reference)
+
+
 def test_train_step_through_tfds_reader_at_cifar10_shapes(tmp_path):
   """cifar10 through tfds.data_source (mocked by tfds.testing.mock_data) into a real train
   step, eval and sample with a tiny model."""
