@@ -1,4 +1,4 @@
-"""Importing the official code's weights: each fixture of tests/data/official (built,
+"""Importing the official code's weights: each fixture of tests/fixtures/official (built,
 initialised and run by the authors' TensorFlow code) reproduces the official outputs; a
 TensorFlow checkpoint brings its EMA and Adam state; --export gives the official file back
 byte for byte; an imported workdir evaluates, samples and resumes; bad files are refused with
@@ -18,7 +18,7 @@ from conftest import ROOT, assert_one_error_line, load_config
 from flowpp_jax import architecture, experiment, import_weights, official_names
 from flowpp_jax.model import FlowPlusPlus
 
-DATA = ROOT / 'tests' / 'data' / 'official'
+DATA = ROOT / 'tests' / 'fixtures' / 'official'
 FIXTURES = ('cifar10', 'imagenet32', 'imagenet64')
 
 

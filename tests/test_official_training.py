@@ -1,5 +1,5 @@
 """Our train step against the official trainer's: 3 steps of the tiny CIFAR-10 model that
-flows/flow_training.py ran (tests/data/official/cifar10_tiny_train.npz), from the same
+flows/flow_training.py ran (tests/fixtures/official/cifar10_tiny_train.npz), from the same
 data-dependent init, on the same batches and dequantization noise."""
 import json
 
