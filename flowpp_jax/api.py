@@ -10,7 +10,9 @@ Everything uses the EMA parameters of the run's latest checkpoint (or of ``step`
 import jax
 import numpy as np
 
-from flowpp_jax import experiment, objective, parallel, sampling, steps
+from flowpp_jax import objective
+from flowpp_jax.runtime import parallel
+from flowpp_jax.trainer import experiment, sampling, steps
 
 
 class TrainedModel:

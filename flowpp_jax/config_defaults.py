@@ -48,7 +48,7 @@ def model_config(*, image_shape, main, dequant, dropout: float, num_levels: int 
 def lr_config(*, peak: float, warmup_steps: int, decay: str = 'none', decay_start: int = 0,
               decay_end: int = 0, decay_rate: float = 1.0, final: float = 0.0,
               drops: str = '') -> ml_collections.ConfigDict:
-  """The learning-rate schedule (see flowpp_jax/optim.py): linear warmup to ``peak``, then
+  """The learning-rate schedule (see flowpp_jax/trainer/optim.py): linear warmup to ``peak``, then
   optional decay towards ``final`` from ``decay_start`` ('linear' until ``decay_end``, or
   'exponential' by ``decay_rate`` per step), then the step drops in ``drops``
   ("STEP=LR,STEP=LR")."""

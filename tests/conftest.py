@@ -17,14 +17,17 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
 import importlib.util  # pylint: disable=g-import-not-at-top
+import json
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 from flowpp_jax import config_defaults as d
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+OFFICIAL = ROOT / 'tests' / 'fixtures' / 'official'  # built by the official code
 
 
 def load_config(name, *args):
@@ -69,3 +72,19 @@ def assert_one_error_line(result, *fragments):
 @pytest.fixture
 def tiny_config():
   return tiny_model_config()
+
+
+def official_fixture_config(name, scan_layers=True):
+  """configs/<name>.py with the official fixture's construct() arguments (its *_io.npz says them)."""
+  args = json.loads(str(np.load(OFFICIAL / f'{name}_tiny_io.npz')['construct_args']))
+  config = load_config(name)
+  net = dict(filters=args['filters'], components=args['components'])
+  if name == 'cifar10':
+    config.model.main.update(blocks=args['blocks'], **net)
+    config.model.dequant.update(filters=args['dequant_filters'], components=args['components'])
+  else:
+    net['heads'] = args['attn_heads']
+    config.model.main.update(blocks=args['blocks'], **net)
+    config.model.dequant.update(**net)
+  config.model.scan_layers = scan_layers
+  return config

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from flowpp_jax import summary
+from flowpp_jax.tools import summary
 from conftest import ROOT, load_config
 
 OFFICIAL = {'cifar10': 31_443_440, 'imagenet32': 168_955_724, 'imagenet64': 73_489_960}

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from flowpp_jax.dtypes import at_least_float32, compute_dtype
+from flowpp_jax.nn.backend import conv2d, plain_array
 
 _W_STDDEV = 0.05  # The reference draws every conv and dense weight from N(0, 0.05^2).
 _VAR_EPS = 1e-8
@@ -23,79 +24,11 @@ def normal_init(stddev: float):
   """N(0, stddev^2) initializer that draws a flat vector and reshapes it.
 
   Same distribution as nn.initializers.normal, but XLA:CPU compiles the partitionable
-  threefry for a flat shape in a fraction of the time it takes for 4-D kernel shapes (seen:
-  0.8 s against 7.7 s per shape with jax 0.10), which dominated model init and its compile.
+  threefry for a flat shape in a fraction of the time it takes for 4-D kernel shapes.
   """
   def init(rng, shape, dtype=jnp.float32):
     return stddev * jax.random.normal(rng, (math.prod(shape),), dtype).reshape(shape)
   return init
-
-
-def _conv(x, w):
-  return lax.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-@jax.custom_vjp
-def _conv_explicit_grad(x, w):
-  return _conv(x, w)
-
-
-def _conv_explicit_grad_fwd(x, w):
-  return _conv(x, w), (x, w)
-
-
-def _conv_explicit_grad_bwd(residuals, dy):
-  x, w = residuals
-  k, h, width = w.shape[0], x.shape[1], x.shape[2]
-  # d/dx: the same 'SAME' convolution of dy with the kernel flipped in space and its in/out
-  # channels swapped (odd k: the padding is symmetric).
-  dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))
-  # d/dw[i, j] = sum over batch and positions of x shifted by (i, j) times dy: k*k matmuls.
-  pad = k // 2
-  x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  acc = at_least_float32(w.dtype)
-  dw = jnp.stack([jnp.stack([
-      jnp.einsum('bhwc,bhwo->co', x_pad[:, i:i + h, j:j + width], dy,
-                 preferred_element_type=acc) for j in range(k)]) for i in range(k)])
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_conv_explicit_grad.defvjp(_conv_explicit_grad_fwd, _conv_explicit_grad_bwd)
-
-
-def conv2d(x, w):
-  """'SAME', stride-1 convolution: x [B, H, W, Cin], w [k, k, Cin, Cout] (k odd) ->
-  [B, H, W, Cout].
-
-  On the CPU backend its gradient is written out: the input gradient as a forward
-  convolution with the flipped kernel, the kernel gradient as k*k matmuls. XLA:CPU runs the
-  backward convolutions autodiff emits through a generic, slow emitter when they sit inside a
-  loop body (``model.scan_layers``): measured 27x slower than the same layers unrolled (four
-  3x3 convs, 96 channels, batch 64), against 1.0x with the written-out gradient, which is
-  also a little faster unrolled. Other backends keep autodiff's convolutions (cuDNN, TPU).
-  """
-  if w.shape[0] % 2 != 1 or w.shape[0] != w.shape[1]:
-    raise ValueError(f'conv2d takes square kernels of odd size, got {w.shape[:2]}')
-  if jax.default_backend() == 'cpu':
-    return _conv_explicit_grad(x, w)
-  return _conv(x, w)
-
-
-def plain_array(b):
-  """``b`` [F], unchanged; on the CPU backend as the product b I with the identity [F, F].
-
-  Under ``model.scan_layers`` each layer's bias is a dynamic slice of the stacked parameters,
-  and XLA:CPU fuses that slice into the elementwise ops that read it. When they read it
-  through two static slices, as the gate's halves and concat_elu's do, it emits that fusion
-  as scalar code with a scalar exp: the attention block's gate at 4 images took 1.1 ms
-  instead of 0.15 ms (jax 0.10.2 and 0.12). The product is exact (b_j * 1 plus zeros) and
-  costs F^2 multiply-adds, and its result is an ordinary array the fusion vectorises over.
-  Other backends get ``b`` as it is.
-  """
-  if jax.default_backend() != 'cpu':
-    return b
-  return jnp.dot(b, jnp.eye(b.shape[-1], dtype=b.dtype), precision=lax.Precision.HIGHEST)
 
 
 def concat_elu(x):

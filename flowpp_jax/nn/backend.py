@@ -1,0 +1,171 @@
+"""What one backend needs and the others do not, behind one switch, ``on_cpu()``.
+
+The layers (``layers.py``, ``conditioner.py``) hold the paper's math and call the three
+functions here; each keeps the math and changes only how XLA is asked for it:
+- ``conv2d``: on the CPU its gradient is written out, because XLA:CPU runs the backward
+  convolutions that autodiff emits inside a loop body (``model.scan_layers``) through a slow
+  generic emitter.
+- ``plain_array``: on the CPU a conv bias goes through an exact product with the identity,
+  because XLA:CPU compiles a scanned parameter slice fused into two elementwise slices as
+  scalar code.
+- ``attention``: on an NVIDIA GPU with 16-bit operands, cuDNN's fused flash attention;
+  everywhere else flowpp_jax's kernel (``attention.py``), which on the CPU walks the queries
+  in cache-sized chunks and recomputes the softmax statistics in the backward pass.
+The measurements behind each: docs/performance.md.
+"""
+import contextlib
+import os
+from typing import Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from flowpp_jax.dtypes import at_least_float32
+from flowpp_jax.nn.attention import flash_attention
+
+# Weights per head held at once by the chunked attention on the CPU: 64K floats (256 KiB), a
+# [128, 512] block at CIFAR-10's 512 positions.
+_CPU_BLOCK_ELEMENTS = 1 << 16
+_chunking = [True]  # default_query_chunk's switch; see unchunked()
+CUDNN_ENV = 'FLOWPP_CUDNN_ATTENTION'  # '0': never cuDNN's fused attention (see cudnn_applies)
+_FUSED_IMPLEMENTATION = 'cudnn'  # jax.nn.dot_product_attention's; the tests run 'xla' on the CPU
+_cudnn_traces = [0]  # see cudnn_traces()
+
+
+def on_cpu() -> bool:
+  """Whether JAX's default backend is the CPU: the one switch of this module."""
+  return jax.default_backend() == 'cpu'
+
+
+# -- Convolution ----------------------------------------------------------------------------
+
+def _conv(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def _conv_written_out_grad(x, w):
+  return _conv(x, w)
+
+
+def _conv_written_out_grad_fwd(x, w):
+  return _conv(x, w), (x, w)
+
+
+def _conv_written_out_grad_bwd(residuals, dy):
+  x, w = residuals
+  k, h, width = w.shape[0], x.shape[1], x.shape[2]
+  # d/dx: the same 'SAME' convolution of dy with the kernel flipped in space and its in/out
+  # channels swapped (odd k: the padding is symmetric).
+  dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))
+  # d/dw[i, j] = sum over batch and positions of x shifted by (i, j) times dy: k*k matmuls.
+  pad = k // 2
+  x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  acc = at_least_float32(w.dtype)
+  dw = jnp.stack([jnp.stack([
+      jnp.einsum('bhwc,bhwo->co', x_pad[:, i:i + h, j:j + width], dy,
+                 preferred_element_type=acc) for j in range(k)]) for i in range(k)])
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_conv_written_out_grad.defvjp(_conv_written_out_grad_fwd, _conv_written_out_grad_bwd)
+
+
+def conv2d(x, w):
+  """'SAME', stride-1 convolution: x [B, H, W, Cin], w [k, k, Cin, Cout] (k odd) ->
+  [B, H, W, Cout]. On the CPU its gradient is written out: the input gradient as a forward
+  convolution with the flipped kernel, the kernel gradient as k*k matmuls; elsewhere
+  autodiff's convolutions (cuDNN, TPU)."""
+  if w.shape[0] % 2 != 1 or w.shape[0] != w.shape[1]:
+    raise ValueError(f'conv2d takes square kernels of odd size, got {w.shape[:2]}')
+  return _conv_written_out_grad(x, w) if on_cpu() else _conv(x, w)
+
+
+def plain_array(b):
+  """``b`` [F], unchanged; on the CPU as the product b I with the identity [F, F], which is
+  exact (b_j * 1 plus zeros) and gives the fusions that read it an ordinary array."""
+  if not on_cpu():
+    return b
+  return jnp.dot(b, jnp.eye(b.shape[-1], dtype=b.dtype), precision=lax.Precision.HIGHEST)
+
+
+# -- Attention ------------------------------------------------------------------------------
+
+def default_query_chunk(num_queries: int, num_keys: int) -> Optional[int]:
+  """The query chunk ``attention`` uses when given none: on the CPU the largest divisor of
+  ``num_queries`` whose [chunk, num_keys] block stays within _CPU_BLOCK_ELEMENTS; elsewhere
+  None (one block: GPU and TPU compilers fuse the passes and have the bandwidth)."""
+  if not _chunking[-1] or not on_cpu():
+    return None
+  chunk = max(1, min(num_queries, _CPU_BLOCK_ELEMENTS // num_keys))
+  while num_queries % chunk:
+    chunk -= 1
+  return chunk
+
+
+@contextlib.contextmanager
+def unchunked():
+  """Within it, ``attention`` traces as one block of XLA operations on every backend: no
+  query loop and no cuDNN call. For XLA's cost analysis, which counts a loop body once and
+  cannot see into cuDNN's kernel (the benchmark counts FLOPs under it)."""
+  _chunking.append(False)
+  try:
+    yield
+  finally:
+    _chunking.pop()
+
+
+def cudnn_applies(dtype, head_dim: int, backend: Optional[str] = None) -> bool:
+  """Whether ``attention`` asks cuDNN's fused flash attention for these products: on a GPU
+  (``backend``, default JAX's), with bfloat16 or float16 operands (cuDNN has no float32 flash
+  kernel) and a head dimension it takes (a multiple of 8, at most 128), unless the
+  environment sets FLOWPP_CUDNN_ATTENTION=0. Where cuDNN then refuses (no cuDNN, as on ROCm;
+  one too old), ``attention`` logs why and runs its own kernel."""
+  backend = backend or jax.default_backend()
+  return (backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128 and os.environ.get(CUDNN_ENV) != '0')
+
+
+def cudnn_traces() -> int:
+  """How many ``attention`` calls this process has handed to cuDNN, counted as they are
+  traced: the benchmark reports whether the program it compiled runs cuDNN's kernel."""
+  return _cudnn_traces[0]
+
+
+def _fused(q, k, v, dtype, implementation):
+  """jax.nn.dot_product_attention on [B, heads, T, d] inputs (it takes [B, T, heads, d]) with
+  operands in ``dtype``: [B, heads, T, d] in at least float32, like ``flash_attention``'s."""
+  btnh = lambda x: jnp.swapaxes(x, 1, 2).astype(dtype)
+  out = jax.nn.dot_product_attention(btnh(q), btnh(k), btnh(v), implementation=implementation)
+  return jnp.swapaxes(out, 1, 2).astype(at_least_float32(dtype))
+
+
+def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1,
+              save_lse: Optional[bool] = None):
+  """softmax(q k^T / sqrt(d)) v over the last-but-one axis: q [B, heads, T, d], k and v
+  [B, heads, S, d] -> [B, heads, T, d] in at least float32.
+
+  ``dtype`` is the dtype of the products' operands (float32, bfloat16, or float64 in the
+  Jacobian tests). ``query_chunk`` (a divisor of T; None: all at once; -1: the default,
+  ``default_query_chunk``) and ``save_lse`` (None: False on the CPU, True elsewhere) go to
+  ``flash_attention``; where ``cudnn_applies``, cuDNN's fused attention runs instead.
+  """
+  t = q.shape[-2]
+  if query_chunk == -1:
+    query_chunk = default_query_chunk(t, k.shape[-2])
+  if query_chunk is not None and (query_chunk < 1 or t % query_chunk):
+    raise ValueError(f'query_chunk={query_chunk} must be a positive divisor of T={t}')
+  if _chunking[-1] and cudnn_applies(dtype, q.shape[-1]):
+    try:
+      out = _fused(q, k, v, dtype, _FUSED_IMPLEMENTATION)
+      _cudnn_traces[0] += 1
+      return out
+    except (NotImplementedError, RuntimeError, ValueError) as e:  # jax's checks, at trace time
+      logging.log_first_n(logging.WARNING, 'cuDNN fused attention not available (%s): '
+                          "running flowpp_jax's own attention kernel", 1, e)
+  if save_lse is None:
+    save_lse = not on_cpu()
+  return flash_attention(q, k, v, dtype, query_chunk, bool(save_lse))

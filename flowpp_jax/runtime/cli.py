@@ -1,0 +1,47 @@
+"""What every command line shares: one-line errors, flag parsing that reports bad flags that
+way, and quiet library logging."""
+import os
+import sys
+
+from absl import app, flags, logging
+
+
+def fail(message: str, status: int = 2) -> None:
+  """Prints a one-line error and exits (status 2: bad input, nothing was changed)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv):
+  """absl's parser, with bad flags and config overrides reported as one error line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    fail(f'unknown config field {e}: check the --config.FIELD names against the config file')
+  except (flags.Error, TypeError, ValueError) as e:
+    fail(f'bad command line: {e}'.replace('\n', ' '))
+
+
+def run(main, required: str) -> None:
+  """Runs ``main(argv)`` as a command whose flag ``required`` must be given."""
+  flags.mark_flag_as_required(required)
+  app.run(main, flags_parser=parse_flags)
+
+
+def _not_from_orbax(record) -> bool:
+  return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def quiet_logging() -> None:
+  """Unless --verbosity is given: orbax logs every save, and tfds every missing metadata file,
+  so only errors are logged, and not orbax's, which each reach the command as an exception
+  that it reports in one line (a failed background save logs a traceback per thread)."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.ERROR)
+    logging.get_absl_handler().addFilter(_not_from_orbax)
+
+
+def refuse_arguments(argv) -> None:
+  """Commands take flags only."""
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')

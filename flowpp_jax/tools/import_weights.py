@@ -1,0 +1,356 @@
+"""Command line: the authors' trained Flow++ weights as a flowpp_jax workdir, and back.
+
+  python -m flowpp_jax.import_weights --config=configs/cifar10.py --weights=PATH --workdir=DIR
+                                      [--config.FIELD=VALUE ...]
+  python -m flowpp_jax.import_weights --workdir=DIR --export=OUT.npz
+
+PATH is one of:
+- an .npz keyed by the official TensorFlow variable names, as the authors' local bits-back
+  repository (hojonathanho/localbitsback) distributes their CIFAR-10 and ImageNet models;
+- a checkpoint of the official trainer, by its prefix (.../checkpoints/model-400000) or its
+  folder (the newest one is read). Reading it needs TensorFlow: pip install -e '.[prepare]'.
+
+DIR becomes an ordinary workdir: checkpoints/<step>/, config.json and imported_weights.json
+(where the weights came from, and which values were used). ``--mode=eval``, ``--mode=sample``,
+``flowpp_jax.load(DIR)`` and training (resuming from the imported step) then work on it.
+Parameters come from the raw values and the EMA from ``NAME/ExponentialMovingAverage`` where
+the file has averages (a file with none gives both the same values); Adam's moments and step
+count from ``NAME/Adam``, ``NAME/Adam_1`` and ``beta1_power`` where present, otherwise fresh.
+
+``--export`` writes DIR's latest EMA parameters as an .npz of official names and shapes, the
+layout of the authors' files (loadable by their PyTorch code and by this command).
+Bad input prints one ``error: ...`` line, exits with status 2 and writes nothing.
+"""
+import datetime
+import hashlib
+import json
+import math
+import os
+import pathlib
+import re
+import zipfile
+
+# Before anything imports TensorFlow (etils.epath does where it is installed): its start-up
+# log lines are not this command's output, and its oneDNN kernels (which announce themselves)
+# do nothing for reading a checkpoint.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import flowpp_jax
+from flowpp_jax import architecture, config_defaults
+from flowpp_jax.runtime import cli, fileio
+from flowpp_jax.tools import official_names
+from flowpp_jax.trainer import experiment, optim, steps
+# Importing main defines --config and --workdir (its other flags are refused in main()).
+from flowpp_jax import main as main_lib
+from flowpp_jax.model import FlowPlusPlus
+
+_WEIGHTS = flags.DEFINE_string('weights', None, 'The official weights: an .npz of official '
+                               'variable names, or a TensorFlow checkpoint prefix or folder.')
+_EXPORT = flags.DEFINE_string('export', None, 'Write the latest EMA parameters of --workdir to '
+                              'this .npz of official variable names instead of importing.')
+
+RECORD_FILE = 'imported_weights.json'
+EMA_SUFFIX = '/ExponentialMovingAverage'
+ADAM_SUFFIXES = ('/Adam', '/Adam_1')  # first and second moments
+_CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'configs'
+_PAPER_CONFIGS = ('cifar10', 'imagenet32', 'imagenet64', 'cifar10_affine',
+                  'cifar10_no_attention', 'cifar10_uniform_dequant')
+
+
+def abstract_params(model_cfg):
+  """The parameter tree of ``model_cfg`` as shape structs, computed without allocating it."""
+  model = FlowPlusPlus(model_cfg)
+  images = jax.ShapeDtypeStruct((1, *model_cfg.image_shape), jnp.uint8)
+  key = jax.random.PRNGKey(0)
+  return jax.eval_shape(lambda x: model.init({'params': key, 'dropout': key}, x, key,
+                                             deterministic=False), images)['params']
+
+
+def name_map(model_cfg) -> official_names.NameMap:
+  """The official names of ``model_cfg``'s parameters (of its unrolled layout)."""
+  unrolled = ml_collections.ConfigDict(model_cfg.to_dict())
+  unrolled.scan_layers = False
+  return official_names.NameMap(unrolled, abstract_params(unrolled))
+
+
+def _to_layout(unrolled_tree, model_cfg):
+  """An unrolled tree in the layout of ``model_cfg`` (stacked when it scans its layers)."""
+  if not model_cfg.scan_layers:
+    return unrolled_tree
+  return jax.tree_util.tree_map(np.asarray, architecture.scanned_params(unrolled_tree))
+
+
+# Reading the file.
+
+def _sha256(paths) -> str:
+  digest = hashlib.sha256()
+  for p in paths:
+    with open(p, 'rb') as f:
+      for chunk in iter(lambda: f.read(1 << 22), b''):
+        digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _read_npz(path: str) -> dict:
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {name: data[name] for name in data.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    raise ValueError(f'{path} is not a readable .npz ({str(e).splitlines()[0]}); '
+                     'pass an .npz of official variable names or a TensorFlow checkpoint '
+                     'prefix') from None
+  return arrays
+
+
+def _read_tf_checkpoint(path: str):
+  """(arrays, prefix) of a TensorFlow checkpoint prefix or folder."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(f'reading the TensorFlow checkpoint {path} needs TensorFlow: '
+                     "pip install -e '.[prepare]' (or convert it to an .npz where TensorFlow "
+                     'is installed)') from None
+  prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
+  if prefix is None:
+    raise ValueError(f'{path} holds no TensorFlow checkpoint (no "checkpoint" file naming one)')
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    arrays = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+  except (tf.errors.OpError, ValueError) as e:
+    raise ValueError(f'the TensorFlow checkpoint {prefix} is unreadable '
+                     f'({str(e).splitlines()[0][:200]})') from None
+  return arrays, prefix
+
+
+def read_weights(path: str):
+  """{official name: array} of an .npz or a TensorFlow checkpoint, and a record of the source
+  (path, format, sha256 of its files, the step its name gives)."""
+  path = os.path.expanduser(path)
+  if os.path.isfile(path) and zipfile.is_zipfile(path):
+    arrays, files, kind, step = _read_npz(path), [path], 'npz', None
+  elif os.path.isfile(path + '.index') or os.path.isdir(path):
+    arrays, path = _read_tf_checkpoint(path)
+    files = sorted(str(p) for p in pathlib.Path(path).parent.glob(pathlib.Path(path).name + '.*'))
+    kind = 'tensorflow checkpoint'
+    match = re.search(r'-([0-9]+)$', path)
+    step = int(match.group(1)) if match else None
+  elif os.path.isfile(path):
+    raise ValueError(f'{path} is neither an .npz of official variable names nor a TensorFlow '
+                     'checkpoint (for a checkpoint, pass its prefix, e.g. .../model-400000)')
+  else:
+    raise ValueError(f'{path} not found (expected an .npz, or a TensorFlow checkpoint prefix '
+                     'with PREFIX.index beside it)')
+  # Some exports keep TensorFlow's ':0' output suffix.
+  arrays = {re.sub(r':0$', '', name): value for name, value in arrays.items()}
+  source = {'path': os.path.abspath(path), 'format': kind, 'sha256': _sha256(files),
+            'step_in_name': step}
+  return arrays, source
+
+
+# Matching it to the config.
+
+def _config_signature(model_cfg):
+  """What a file's names and shapes show of an architecture, from the config alone: the number
+  of coupling steps and each one's position embedding [H, W, filters]."""
+  flows = [model_cfg.main]
+  if model_cfg.dequant.kind == 'variational':
+    flows.append(model_cfg.dequant)
+  shapes = []
+  for flow in flows:
+    for (kind, count), (_, (h, w, _)) in zip(
+        architecture.parse_layout(flow.layout),
+        architecture.stage_shapes(flow.layout, model_cfg.image_shape)):
+      if kind != 's2d':
+        shapes += [(h, w // 2 if kind == 'checker' else w, flow.filters)] * count
+  return len(shapes), sorted(shapes)
+
+
+def guess_config(arrays) -> str:
+  """The name of the shipped config whose architecture the file's names and shapes show, or
+  ''."""
+  norms = {name.split('/')[0] for name in arrays if re.match(r'^Norm(_[0-9]+)?/', name)}
+  pos_embs = sorted(tuple(np.shape(v)) for n, v in arrays.items() if n.endswith('/pos_emb'))
+  for name in _PAPER_CONFIGS:
+    path = _CONFIGS_DIR / f'{name}.py'
+    if path.exists() and _config_signature(
+        config_defaults.sibling_config(str(path), name).model) == (len(norms), pos_embs):
+      return name
+  return ''
+
+
+def _hint(arrays) -> str:
+  guess = guess_config(arrays)
+  return f'; this looks like {guess} weights (configs/{guess}.py)' if guess else ''
+
+
+def _parts(arrays, names, config_name: str):
+  """Splits the file into raw values, EMA values and Adam slots of ``names``; raises ValueError
+  for a missing or unknown variable."""
+  known = set(names)
+  extra = {n + s for n in names for s in (EMA_SUFFIX,) + ADAM_SUFFIXES}
+  extra |= {'beta1_power', 'beta2_power'}
+  missing = [n for n in names if n not in arrays]
+  unknown = sorted(n for n in arrays if n not in known and n not in extra)
+  if missing:
+    more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
+    raise ValueError(f'the weights have no variable {missing[0]}{more}, which {config_name} '
+                     f'needs{_hint(arrays)}')
+  if unknown:
+    more = f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''
+    raise ValueError(f'the weights hold {unknown[0]}{more}, which {config_name} does not '
+                     f'have{_hint(arrays)}')
+
+  def slot(suffix):
+    present = [n for n in names if n + suffix in arrays]
+    if present and len(present) < len(names):
+      absent = next(n for n in names if n + suffix not in arrays)
+      raise ValueError(f'the weights have {suffix[1:]} values for {len(present)} of '
+                       f'{len(names)} variables ({absent} has none)')
+    return {n: arrays[n + suffix] for n in names} if present else None
+
+  return {n: arrays[n] for n in names}, slot(EMA_SUFFIX), slot('/Adam'), slot('/Adam_1')
+
+
+def _check_values(part, nmap: official_names.NameMap, what: str, arrays) -> None:
+  errors = nmap.shape_errors(part)
+  if errors:
+    name, got, need = errors[0]
+    more = f' ({len(errors) - 1} more variables differ)' if len(errors) > 1 else ''
+    raise ValueError(f'{name}{what} has shape {list(got)} where the config needs {list(need)}'
+                     f'{more}{_hint(arrays)}')
+  for name, value in part.items():
+    if not np.issubdtype(np.asarray(value).dtype, np.floating):
+      raise ValueError(f'{name}{what} is {np.asarray(value).dtype}, not floating point')
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f'{name}{what} holds non-finite values')
+
+
+def build_state(config, arrays, source, config_name: str = 'the config'):
+  """The TrainState (numpy arrays, in the config's layout) that the file describes, and a record
+  of what was used. Raises ValueError when the file does not fit the config."""
+  nmap = name_map(config.model)
+  raw, ema, adam_m, adam_v = _parts(arrays, nmap.names, config_name)
+  for part, what in ((raw, ''), (ema, EMA_SUFFIX), (adam_m, '/Adam'), (adam_v, '/Adam_1')):
+    if part is not None:
+      _check_values(part, nmap, what, arrays)
+  tree = lambda part: _to_layout(nmap.from_official(part), config.model)
+  params = tree(raw)
+  ema_params = tree(ema) if ema is not None else params
+  direction = optim.adam_direction(config.optimizer)
+  opt_state = jax.tree_util.tree_map(np.asarray, direction.init(params))
+  adam_count = None
+  if adam_m is not None and adam_v is not None:
+    if 'beta1_power' in arrays:
+      # TensorFlow's Adam keeps beta1^(t + 1) after t updates.
+      adam_count = round(math.log(float(arrays['beta1_power'])) / math.log(config.optimizer.b1)) - 1
+    else:
+      adam_count = source['step_in_name'] or 0
+    opt_state = optim.with_adam_moments(opt_state, np.int32(adam_count), tree(adam_m),
+                                        tree(adam_v))
+  step = source['step_in_name'] if source['step_in_name'] is not None else (adam_count or 0)
+  zero = np.int32(0)
+  state = steps.TrainState(step=np.int32(step), params=params, ema_params=ema_params,
+                           opt_state=opt_state, nonfinite_in_row=zero, nonfinite_total=zero)
+  record = dict(
+      source, variables=len(nmap.names),
+      parameters=int(sum(np.size(v) for v in raw.values())), step=int(step),
+      params_from='the raw values',
+      ema_from=(f'the {EMA_SUFFIX[1:]} values' if ema is not None
+                else 'the raw values (the file has no averages)'),
+      adam_from=(f'the Adam slots, {adam_count} updates' if adam_count is not None
+                 else 'fresh moments (the file has no Adam slots)'))
+  return state, record
+
+
+def _check_new_workdir(workdir) -> None:
+  workdir = fileio.path(workdir)
+  held = [p for p in ('checkpoints', experiment.CONFIG_FILE)
+          if (workdir / p).exists() and (not (workdir / p).is_dir() or any((workdir / p).iterdir()))]
+  if held:
+    raise ValueError(f'{workdir} already holds a run ({held[0]}); importing never overwrites '
+                     'one: pass a new --workdir')
+
+
+def import_weights(config, weights: str, workdir, config_name: str = 'the config') -> dict:
+  """Reads ``weights``, checks them against ``config`` and writes the workdir; returns the
+  record also written to WORKDIR/imported_weights.json. Nothing is written on bad input."""
+  experiment.validate_run_config(config, device_count=1)
+  _check_new_workdir(workdir)
+  arrays, source = read_weights(weights)
+  state, record = build_state(config, arrays, source, config_name)
+  record.update(imported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'), flowpp_jax_version=flowpp_jax.__version__)
+  exp = experiment.Experiment(config, workdir, device_count=1)
+  try:
+    exp.save(state)
+    exp.checkpoints.wait()
+  finally:
+    exp.checkpoints.close()
+  exp.write_config()
+  fileio.write_text(fileio.path(workdir) / RECORD_FILE, json.dumps(record, indent=2) + '\n')
+  return record
+
+
+def export_weights(workdir, out: str) -> int:
+  """Writes the latest EMA parameters of ``workdir`` to ``out`` (.npz of official names);
+  returns the number of variables."""
+  if os.path.exists(out):
+    raise ValueError(f'{out} exists; --export never overwrites a file: choose another path')
+  config = experiment.load_config(workdir)
+  exp = experiment.Experiment(config, workdir, read_only=True, device_count=1)
+  try:
+    state = exp.restore()
+  finally:
+    exp.checkpoints.close()
+  if state is None:
+    raise ValueError(f'no checkpoint in {exp.checkpoints.directory}')
+  ema = state.ema_params
+  if config.model.scan_layers:
+    ema = architecture.unscanned_params(ema)
+  arrays = name_map(config.model).to_official(ema)
+  tmp = out + '.tmp.npz'  # np.savez adds .npz to names without it
+  np.savez(tmp, **arrays)
+  os.replace(tmp, out)
+  return len(arrays)
+
+
+def main(argv):
+  main_lib.start_borrowing_command(argv, 'import_weights', allowed=('config', 'workdir'))
+  workdir = main_lib._WORKDIR.value  # pylint: disable=protected-access
+  if not workdir:
+    cli.fail('--workdir is required')
+  try:
+    if _EXPORT.value:
+      if _WEIGHTS.value or flags.FLAGS['config'].present:
+        cli.fail('--export reads the config and weights of --workdir; drop --config and --weights')
+      count = export_weights(workdir, _EXPORT.value)
+      print(f'{count} variables (EMA parameters of {workdir}) -> {_EXPORT.value}')
+      return
+    if not _WEIGHTS.value or not flags.FLAGS['config'].present:
+      cli.fail('importing needs --config, --weights and --workdir (or --export=OUT.npz to export)')
+    config = main_lib.load_config()
+    config_flag = flags.FLAGS['config'].serialize().partition('=')[2]
+    record = import_weights(config, _WEIGHTS.value, workdir, config_name=config_flag)
+  except ValueError as e:
+    cli.fail(str(e).splitlines()[0])
+  except OSError as e:
+    cli.fail(f'{e.filename or workdir}: {e.strerror or e}')
+  print(f'read {record["variables"]} variables ({record["parameters"]:,} parameters) from '
+        f'{record["path"]} ({record["format"]})')
+  print(f'parameters from {record["params_from"]}; EMA from {record["ema_from"]}; Adam from '
+        f'{record["adam_from"]}')
+  print(f'wrote {workdir}: checkpoint of step {record["step"]}, {experiment.CONFIG_FILE}, '
+        f'{RECORD_FILE}')
+  print(f'next (with the same --config overrides): python -m flowpp_jax.main '
+        f'--config={config_flag} --workdir={workdir} --mode=eval')
+
+
+def run() -> None:
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,148 @@
+"""Orbax checkpoints of the TrainState in WORKDIR/checkpoints/<step>/, with the model config
+stored beside the arrays so that a workdir cannot be resumed with another architecture.
+
+Nothing here deletes or overwrites a checkpoint except orbax's rotation of old ones after a
+newer save (``keep``); a step that already exists is never saved again. Saves are written to a
+temporary directory and renamed when complete, so a process killed mid-save leaves the previous
+checkpoints intact. A save that fails (a full disk, say) removes its temporary directory, and
+the next run's manager removes any left by a killed process (the workdir lock makes sure no
+other run is writing one).
+"""
+import contextlib
+import functools
+import json
+import logging
+import shutil
+import sys
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flowpp_jax.runtime import fileio
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used: unreadable, or of another architecture."""
+
+
+def model_signature(model_cfg) -> dict:
+  """The model config as plain JSON data: equal signatures mean interchangeable checkpoints."""
+  return json.loads(model_cfg.to_json())
+
+
+def _silence_failed_reads() -> None:
+  """After a failed read: the unretrieved exceptions of its other in-flight reads are logged by
+  asyncio when their tasks are collected, later (at exit, as tracebacks); the one
+  CheckpointError already says what happened."""
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+
+
+def _drop_closed_loop_callbacks(unraisable, fallback) -> None:
+  """A failed read or write stops orbax's event loop while tensorstore's other reads or writes
+  are in flight; each of their callbacks then reports an unraisable 'Event loop is closed'
+  (hundreds of tracebacks). Those are dropped: the exception that ended the operation says
+  what happened. Anything else goes to the previous hook."""
+  if not (isinstance(unraisable.exc_value, RuntimeError) and unraisable.object is None
+          and str(unraisable.exc_value) == 'Event loop is closed'):
+    fallback(unraisable)
+
+
+sys.unraisablehook = functools.partial(_drop_closed_loop_callbacks, fallback=sys.unraisablehook)
+
+
+class Checkpoints:
+  """The checkpoints of one workdir. Every process must create it and call save/restore
+  (orbax coordinates them; only the primary host writes metadata)."""
+
+  def __init__(self, workdir, *, keep: int = 3, read_only: bool = False):
+    workdir = fileio.path(workdir)  # orbax writes gs:// itself, if it gets the URI intact
+    self.directory = (workdir if fileio.is_remote(workdir) else workdir.absolute()) / 'checkpoints'
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                             save_interval_steps=0)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True,
+                                             cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'meta'))
+
+  def latest_step(self):
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> bool:
+    """Starts an asynchronous save of ``state`` (host arrays) at ``step``; False if that step
+    already has a checkpoint (it is kept as it is)."""
+    if step in self._manager.all_steps():
+      return False
+    tree = flax.serialization.to_state_dict(state)
+    with self._discarding_failed_saves():  # saving first waits for the previous save
+      return self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    """Blocks until the pending save is complete on disk; raises what made it fail."""
+    with self._discarding_failed_saves():
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _discarding_failed_saves(self):
+    """Removes the temporary directories of a save that failed, so that a full disk gets
+    back the space the incomplete checkpoint took; the complete ones stay."""
+    try:
+      yield
+    except Exception:
+      if not fileio.is_remote(self.directory) and jax.process_index() == 0:
+        for partial in self.directory.glob('*.orbax-checkpoint-tmp*'):
+          shutil.rmtree(partial, ignore_errors=True)
+      raise
+
+  def read_meta(self, step: int) -> dict:
+    try:
+      return self._manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # orbax raises many types for a damaged directory
+      _silence_failed_reads()
+      raise self._unreadable(step, e) from e
+
+  def restore(self, step: int, abstract_state, model_cfg):
+    """The TrainState at ``step``, as host numpy arrays shaped like ``abstract_state``.
+
+    Raises CheckpointError if the checkpoint holds another architecture or cannot be read.
+    """
+    meta = self.read_meta(step)
+    if meta.get('model') != model_signature(model_cfg):
+      raise CheckpointError(
+          f'{self.directory / str(step)} holds a model of another architecture than the '
+          f'config; use a new --workdir, or the config the run was started with '
+          f'({self.directory.parent / "config.json"})')
+    target = flax.serialization.to_state_dict(abstract_state)
+    target = jax.tree_util.tree_map(
+        lambda x: np.zeros(x.shape, x.dtype), target)
+    try:
+      tree = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
+    except Exception as e:
+      _silence_failed_reads()
+      raise self._unreadable(step, e) from e
+    restored_shapes = jax.tree_util.tree_map(np.shape, tree)
+    if restored_shapes != jax.tree_util.tree_map(np.shape, target):
+      raise self._unreadable(step, 'its arrays do not have the shapes of the model')
+    return flax.serialization.from_state_dict(abstract_state, tree)
+
+  def _unreadable(self, step, reason) -> CheckpointError:
+    text = str(reason).strip() or type(reason).__name__
+    # The first line, without tensorstore's JSON spec dumps.
+    first_line = text.splitlines()[0].split(' [')[0][:300]
+    return CheckpointError(
+        f'checkpoint {self.directory / str(step)} is unreadable ({first_line}); move it out '
+        f'of {self.directory} to resume from an earlier one, or use a new --workdir')
+
+  def close(self) -> None:
+    """Waits for the pending save and stops orbax's threads; a save that failed was already
+    raised by save or wait."""
+    with contextlib.suppress(Exception):
+      self._manager.close()

@@ -1,0 +1,141 @@
+"""What train, eval, sample and the Python API share: the checked config, the model, the
+optimiser, the workdir's checkpoints, and the TrainState (created by data-dependent init or
+restored from the latest checkpoint).
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flowpp_jax import model as model_lib
+from flowpp_jax.data import datasets
+from flowpp_jax.runtime import fileio
+from flowpp_jax.trainer import checkpointing, optim, steps
+
+CONFIG_FILE = 'config.json'
+
+
+def _field(config, name: str):
+  """config['eval.num_examples'] -> config.eval.num_examples."""
+  for part in name.split('.'):
+    config = config[part]
+  return config
+
+
+def validate_run_config(config, device_count: int) -> None:
+  """Raises ValueError naming the field when the config cannot run on ``device_count``
+  devices."""
+  if config.dataset not in datasets.DATASETS:
+    raise ValueError(f'dataset must be one of {sorted(datasets.DATASETS)}, '
+                     f'got {config.dataset!r}')
+  info = datasets.DATASETS[config.dataset]
+  if (tuple(config.model.image_shape) != tuple(info.image_shape)
+      or config.model.num_levels != info.num_levels):
+    raise ValueError(
+        f'model.image_shape {tuple(config.model.image_shape)} and model.num_levels '
+        f'{config.model.num_levels} must match dataset {config.dataset!r} '
+        f'({tuple(info.image_shape)}, {info.num_levels} levels)')
+  model_lib.validate_config(config.model)
+  for name in ('batch_size', 'init_batch_size', 'log_every_steps', 'eval_every_steps',
+               'checkpoint_every_steps', 'keep_checkpoints', 'eval.num_iw_samples',
+               'eval.batch_size', 'eval.train_num_examples', 'sample.num'):
+    if not _field(config, name) >= 1:
+      raise ValueError(f'{name} must be >= 1, got {_field(config, name)}')
+  for name in ('num_train_steps', 'sample_every_steps', 'eval.num_examples'):
+    if _field(config, name) < 0:
+      raise ValueError(f'{name} must be >= 0, got {_field(config, name)}')
+  if not config.sample.temperature > 0:
+    raise ValueError(f'sample.temperature must be > 0, got {config.sample.temperature}')
+  for name in ('batch_size', 'eval.batch_size'):
+    if _field(config, name) % device_count:
+      raise ValueError(
+          f'{name} {_field(config, name)} is not divisible by the {device_count} devices JAX '
+          f'sees; set --config.{name} to a multiple of {device_count}')
+  optim.validate_optimizer_config(config.optimizer)
+  optim.validate_lr_config(config.lr)
+
+
+class Experiment:
+  """One config and one workdir."""
+
+  def __init__(self, config, workdir, *, read_only: bool = False, device_count=None):
+    """device_count: the devices batches must divide over (default: all JAX sees)."""
+    validate_run_config(config, device_count or jax.device_count())
+    self.config = config
+    self.workdir = fileio.path(workdir)  # pathlib would turn gs://b/run into gs:/b/run
+    self.info = datasets.DATASETS[config.dataset]
+    self.model = model_lib.FlowPlusPlus(config.model)
+    self.direction = optim.adam_direction(config.optimizer)
+    self.schedule = optim.learning_rate_schedule(config.lr)
+    self._sources = {}
+    if read_only and not (self.workdir / 'checkpoints').is_dir():
+      raise ValueError(f'no checkpoint in {self.workdir / "checkpoints"}; train first '
+                       '(--mode=train with the same --workdir)')
+    if not read_only:
+      fileio.makedirs(self.workdir)
+    self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.keep_checkpoints,
+                                                 read_only=read_only)
+
+  def source(self, split: str):
+    """Random-access images of one split ('train' or 'test'), opened once per experiment
+    (init, the train loop and the evaluator share it)."""
+    if split not in self._sources:
+      name = self.info.train_split if split == 'train' else self.info.test_split
+      self._sources[split] = datasets.load_split(self.config.dataset, name,
+                                                 self.config.data_dir or None)
+    return self._sources[split]
+
+  def _init_variables(self, images):
+    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(self.config.seed),
+                                               steps.INIT_TAG), 3)
+    return self.model.init({'params': keys[0], 'dropout': keys[1]}, images, keys[2],
+                           deterministic=False)
+
+  def init_state(self) -> steps.TrainState:
+    """Data-dependent init on ``init_batch_size`` training images chosen by the seed (with
+    dropout on, as the official code), then a fresh optimiser and EMA."""
+    from flowpp_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    images = input_pipeline.sample_init_batch(self.source('train'),
+                                              self.config.init_batch_size, self.config.seed)
+    return jax.device_get(jax.jit(self._initial_state)(jnp.asarray(images)))
+
+  def _initial_state(self, images):
+    return steps.create_state(self._init_variables(images)['params'], self.direction)
+
+  def abstract_state(self) -> steps.TrainState:
+    """The TrainState's structure, shapes and dtypes, computed without allocating it."""
+    images = jax.ShapeDtypeStruct((self.config.init_batch_size, *self.info.image_shape),
+                                  jnp.uint8)
+    return jax.eval_shape(self._initial_state, images)
+
+  def restore(self, step=None):
+    """The TrainState (host arrays) of checkpoint ``step`` (default: the latest), or None when
+    the workdir has no checkpoint. Raises checkpointing.CheckpointError."""
+    step = self.checkpoints.latest_step() if step is None else step
+    if step is None:
+      return None
+    return self.checkpoints.restore(step, self.abstract_state(), self.config.model)
+
+  def save(self, state) -> None:
+    """Starts saving ``state`` (host arrays) as the checkpoint of its step."""
+    step = int(np.asarray(state.step))
+    self.checkpoints.save(step, state, {
+        'model': checkpointing.model_signature(self.config.model), 'step': step})
+
+  def write_config(self) -> None:
+    """WORKDIR/config.json: the run's full config, which flowpp_jax.load reads back."""
+    if jax.process_index() == 0:
+      fileio.write_text(fileio.path(self.workdir) / CONFIG_FILE,
+                        self.config.to_json(indent=2) + '\n')
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config a run in ``workdir`` was started with (WORKDIR/config.json)."""
+  path = fileio.path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise ValueError(f'{path} not found: is {workdir} the --workdir of a training run?')
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  config.model.image_shape = tuple(config.model.image_shape)
+  return config
