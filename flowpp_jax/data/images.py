@@ -1,10 +1,10 @@
-"""Sample grids as PNG files (written with zlib; no imaging library needed)."""
+"""Sample grids as PNG files."""
+import io
 import math
-import struct
-import zlib
 
 from etils import epath
 import numpy as np
+from PIL import Image
 
 from flowpp_jax.runtime import fileio
 
@@ -32,20 +32,13 @@ def make_grid(images, pad: int = 1):
 
 
 def encode_png(image) -> bytes:
-  """uint8 [H, W, 1 or 3] -> PNG bytes (8-bit grayscale or RGB, no filtering)."""
+  """uint8 [H, W, 1 or 3] -> PNG bytes (8-bit grayscale or RGB)."""
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
     raise ValueError(f'PNG needs uint8 [H, W, 1|3], got {image.dtype} {list(image.shape)}')
-  h, w, c = image.shape
-  rows = np.concatenate([np.zeros((h, 1), np.uint8), image.reshape(h, w * c)], axis=1)
-
-  def chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack('>I', len(data)) + kind + data
-            + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
-  color_type = 0 if c == 1 else 2
-  header = struct.pack('>IIBBBBB', w, h, 8, color_type, 0, 0, 0)
-  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
-          + chunk(b'IDAT', zlib.compress(rows.tobytes(), 9)) + chunk(b'IEND', b''))
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(buffer, format='PNG')
+  return buffer.getvalue()
 
 
 def save_samples(directory, name: str, samples, num_levels: int, scale: int = 1) -> epath.Path:
