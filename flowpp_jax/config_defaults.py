@@ -91,11 +91,16 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDict:
-  """get_config(*args) of configs/<name>.py, found next to ``this_file``: lets an ablation
-  config start from the config it varies without making configs/ a package."""
-  path = pathlib.Path(this_file).with_name(f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'flowpp_config_{name}', path)
+def config_from_file(path, *args) -> ml_collections.ConfigDict:
+  """get_config(*args) of the config file at ``path`` (e.g. 'configs/cifar10.py')."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f'flowpp_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(*args)
+
+
+def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDict:
+  """get_config(*args) of configs/<name>.py, found next to ``this_file``: lets an ablation
+  config start from the config it varies without making configs/ a package."""
+  return config_from_file(pathlib.Path(this_file).with_name(f'{name}.py'), *args)

@@ -71,7 +71,7 @@ def main(argv):
   cli.refuse_arguments(argv)
   config = load_config()
   try:
-    model_lib.validate_config(config.model)
+    model_lib.FlowPlusPlus(config.model)  # checks the model config before anything starts
     if _MODE.value == 'summary':
       summary.print_summary(config.model)
       return

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpp_jax import architecture
+from flowpp_jax import architecture, objective
 from flowpp_jax.bijectors import Chain, LogitPreprocess
 from flowpp_jax.nn.layers import normal_init
 from flowpp_jax.dequantizer import (UniformDequantizer, VariationalDequantizer,
@@ -63,9 +63,12 @@ class FlowPlusPlus(nn.Module):
   """
   config: Any  # the ``model`` ConfigDict
 
+  def __post_init__(self):
+    validate_config(self.config)  # bad input fails where the model is made, in one line
+    super().__post_init__()
+
   def setup(self):
     cfg = self.config
-    validate_config(cfg)
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
     self.main_flow = Chain(architecture.build_layers(
         cfg.main, checkerboard=cfg.checkerboard, norm=cfg.norm, dropout=cfg.dropout,
@@ -109,7 +112,7 @@ class FlowPlusPlus(nn.Module):
     x = x.astype(jnp.float32)
     u, log_qu = self.dequantizer(x, rng, deterministic=deterministic)
     log_px = self.log_density(x + u, deterministic=deterministic)
-    bpd = -(log_px - log_qu) / (self.num_dims * np.log(2.0))
+    bpd = objective.bits_per_dim(log_px - log_qu, self.num_dims)
     return {'log_px': log_px, 'log_qu': log_qu, 'bpd': bpd}
 
   def log_density(self, y, *, deterministic=True):
@@ -141,3 +144,13 @@ class FlowPlusPlus(nn.Module):
   def sample(self, rng, n: int, temperature: float = 1.0):
     """n uint8 images [n, H, W, C] from z ~ N(0, temperature^2 I)."""
     return self.decode(self.latents(rng, n, temperature))
+
+
+def init_variables(model, images, params_key, dropout_key=None, noise_key=None):
+  """``model.init`` on ``images`` (uint8 [B, H, W, C]) with dropout on, the data-dependent
+  init of the official code. The dropout masks and the dequantization noise are drawn from
+  ``dropout_key`` and ``noise_key``, by default ``params_key``."""
+  dropout_key = params_key if dropout_key is None else dropout_key
+  noise_key = params_key if noise_key is None else noise_key
+  return model.init({'params': params_key, 'dropout': dropout_key}, images, noise_key,
+                    deterministic=False)

@@ -7,9 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def nats_per_bpd(num_dims: int):
+  """D ln 2: bits/dim times this is nats per example of ``num_dims`` dimensions."""
+  return num_dims * np.log(2.0)
+
+
 def bits_per_dim(log_likelihood, num_dims: int):
   """Nats per example [B] -> bits per dimension [B]."""
-  return -log_likelihood / (num_dims * np.log(2.0))
+  return -log_likelihood / nats_per_bpd(num_dims)
 
 
 def log_weights(model, variables, images, rng, num_samples: int):

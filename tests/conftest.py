@@ -16,8 +16,7 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE_DIR)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
-import importlib.util  # pylint: disable=g-import-not-at-top
-import json
+import json  # pylint: disable=g-import-not-at-top
 import pathlib
 
 import jax
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from flowpp_jax import config_defaults as d
+from flowpp_jax import model as model_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT / 'tests' / 'fixtures' / 'official'  # built by the official code
@@ -32,10 +32,7 @@ OFFICIAL = ROOT / 'tests' / 'fixtures' / 'official'  # built by the official cod
 
 def load_config(name, *args):
   """get_config(*args) of configs/<name>.py."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return d.config_from_file(ROOT / 'configs' / f'{name}.py', *args)
 
 
 def tiny_model_config(image_shape=(8, 8, 3), *, num_levels=256, main_layout='checker2 s2d channel1',
@@ -55,8 +52,7 @@ def tiny_model_config(image_shape=(8, 8, 3), *, num_levels=256, main_layout='che
 
 def init_model(model, images, seed=0):
   """Data-dependent init on ``images`` with dropout on, as the trainer does."""
-  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return model.init({'params': k1, 'dropout': k2}, images, k3, deterministic=False)
+  return model_lib.init_variables(model, images, *jax.random.split(jax.random.PRNGKey(seed), 3))
 
 
 def assert_one_error_line(result, *fragments):

@@ -153,9 +153,8 @@ def test_bad_inputs_raise_value_error(tiny_config):
 ])
 def test_bad_model_config_is_named(tiny_config, field, value, message):
   tiny_config[field] = value
-  model = FlowPlusPlus(tiny_config)
-  with pytest.raises(ValueError, match=message):
-    init_model(model, _images((8, 8, 3)))
+  with pytest.raises(ValueError, match=message):  # where the model is made, before any init
+    FlowPlusPlus(tiny_config)
 
 
 def test_bad_layout_is_named(tiny_config):

@@ -39,12 +39,6 @@ def zero_log_det(x):
 class Bijector(nn.Module):
   """Base class; subclasses implement __call__ as described in the module docstring."""
 
-  def forward(self, x, context=None, *, deterministic=True):
-    return self(x, context, inverse=False, deterministic=deterministic)
-
-  def inverse(self, y, context=None, *, deterministic=True):
-    return self(y, context, inverse=True, deterministic=deterministic)
-
 
 def run_chain(layers, x, context=None, *, inverse=False, deterministic=True):
   """Runs bijectors ``layers`` in order (reverse order if ``inverse``): (y, summed log_det)."""

@@ -24,25 +24,17 @@ class DatasetInfo:
   num_levels: int
   train_split: str
   test_split: str
-  prepare_command: str
   tfds_name: str | None = None  # None: built into scikit-learn, nothing to prepare.
   manual_files: tuple[str, ...] = ()  # Archives tfds can no longer download itself.
 
 
-def _prepare_command(name):
-  return f'python -m flowpp_jax.prepare --dataset={name}'
-
-
 DATASETS: dict[str, DatasetInfo] = {
-    'digits': DatasetInfo('digits', (8, 8, 1), 17, 'train', 'test', _prepare_command('digits')),
-    'cifar10': DatasetInfo('cifar10', (32, 32, 3), 256, 'train', 'test',
-                           _prepare_command('cifar10'), tfds_name='cifar10'),
+    'digits': DatasetInfo('digits', (8, 8, 1), 17, 'train', 'test'),
+    'cifar10': DatasetInfo('cifar10', (32, 32, 3), 256, 'train', 'test', tfds_name='cifar10'),
     'imagenet32': DatasetInfo('imagenet32', (32, 32, 3), 256, 'train', 'validation',
-                              _prepare_command('imagenet32'),
                               tfds_name='downsampled_imagenet/32x32',
                               manual_files=('train_32x32.tar', 'valid_32x32.tar')),
     'imagenet64': DatasetInfo('imagenet64', (64, 64, 3), 256, 'train', 'validation',
-                              _prepare_command('imagenet64'),
                               tfds_name='downsampled_imagenet/64x64',
                               manual_files=('train_64x64.tar', 'valid_64x64.tar')),
 }
@@ -60,9 +52,10 @@ def get_info(name: str) -> DatasetInfo:
 
 def prepare_command(info: DatasetInfo, data_dir=None) -> str:
   """The command that prepares ``info`` in ``data_dir`` (None: tfds's default folder)."""
+  command = f'python -m flowpp_jax.prepare --dataset={info.name}'
   if data_dir is None:
-    return info.prepare_command
-  return f'{info.prepare_command} --data_dir={shlex.quote(str(data_dir))}'
+    return command
+  return f'{command} --data_dir={shlex.quote(str(data_dir))}'
 
 
 class ArraySource:

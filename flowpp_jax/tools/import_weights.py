@@ -45,7 +45,7 @@ import numpy as np
 import flowpp_jax
 from flowpp_jax import architecture, config_defaults
 from flowpp_jax.runtime import cli, fileio
-from flowpp_jax.tools import official_names
+from flowpp_jax.tools import official_names, summary
 from flowpp_jax.trainer import experiment, optim, steps
 # Importing main defines --config and --workdir (its other flags are refused in main()).
 from flowpp_jax import main as main_lib
@@ -64,20 +64,11 @@ _PAPER_CONFIGS = ('cifar10', 'imagenet32', 'imagenet64', 'cifar10_affine',
                   'cifar10_no_attention', 'cifar10_uniform_dequant')
 
 
-def abstract_params(model_cfg):
-  """The parameter tree of ``model_cfg`` as shape structs, computed without allocating it."""
-  model = FlowPlusPlus(model_cfg)
-  images = jax.ShapeDtypeStruct((1, *model_cfg.image_shape), jnp.uint8)
-  key = jax.random.PRNGKey(0)
-  return jax.eval_shape(lambda x: model.init({'params': key, 'dropout': key}, x, key,
-                                             deterministic=False), images)['params']
-
-
 def name_map(model_cfg) -> official_names.NameMap:
   """The official names of ``model_cfg``'s parameters (of its unrolled layout)."""
   unrolled = ml_collections.ConfigDict(model_cfg.to_dict())
   unrolled.scan_layers = False
-  return official_names.NameMap(unrolled, abstract_params(unrolled))
+  return official_names.NameMap(unrolled, summary.abstract_params(unrolled))
 
 
 def _to_layout(unrolled_tree, model_cfg):
@@ -180,7 +171,7 @@ def guess_config(arrays) -> str:
   for name in _PAPER_CONFIGS:
     path = _CONFIGS_DIR / f'{name}.py'
     if path.exists() and _config_signature(
-        config_defaults.sibling_config(str(path), name).model) == (len(norms), pos_embs):
+        config_defaults.config_from_file(path).model) == (len(norms), pos_embs):
       return name
   return ''
 

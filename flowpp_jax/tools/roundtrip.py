@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 # Importing main defines --config: the check shares its config loading and error lines.
 from flowpp_jax import main as main_lib
+from flowpp_jax import model as model_lib
 from flowpp_jax.model import FlowPlusPlus
 from flowpp_jax.runtime import cli
 
@@ -46,8 +47,7 @@ def main(argv):
   shape = (_BATCH.value, *cfg.image_shape)
   key = jax.random.PRNGKey(0)
   x = jax.random.randint(key, shape, 0, cfg.num_levels).astype(jnp.uint8)
-  variables, init_s = _timed(jax.jit(lambda x: model.init(
-      {'params': key, 'dropout': key}, x, key, deterministic=False)), x)
+  variables, init_s = _timed(jax.jit(lambda x: model_lib.init_variables(model, x, key)), x)
   print(f'init (compile + run): {init_s:.1f} s')
   errors = jax.jit(functools.partial(inversion_errors, model))
   worst = {'max_abs_error': 0.0, 'max_log_det_mismatch': 0.0}

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from flowpp_jax import architecture
 from flowpp_jax.bijectors import LogitPreprocess, Sigmoid
+from flowpp_jax import model as model_lib
 from flowpp_jax.model import FlowPlusPlus
 
 
@@ -18,9 +19,7 @@ def abstract_params(model_cfg, batch_size: int = 2):
   """The params pytree of FlowPlusPlus(model_cfg) as ShapeDtypeStructs."""
   model = FlowPlusPlus(model_cfg)
   images = jax.ShapeDtypeStruct((batch_size, *model_cfg.image_shape), jnp.uint8)
-  init = lambda x: model.init(
-      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)}, x,
-      jax.random.PRNGKey(0), deterministic=False)
+  init = lambda x: model_lib.init_variables(model, x, jax.random.PRNGKey(0))
   return jax.eval_shape(init, images)['params']
 
 

@@ -7,6 +7,7 @@ import json
 import jax
 import numpy as np
 
+from flowpp_jax import objective
 from flowpp_jax.data import input_pipeline
 from flowpp_jax.runtime import fileio, parallel
 from flowpp_jax.trainer import steps
@@ -30,7 +31,7 @@ def make_evaluator(exp, num_samples: int):
       for key, value in parallel.unreplicate(sums).items():
         totals[key] += float(value)  # float64 on the host: no drift over many batches
     count = totals['count']
-    to_bpd = lambda nats: -nats / count / (exp.model.num_dims * np.log(2.0))
+    to_bpd = lambda nats: objective.bits_per_dim(nats / count, exp.model.num_dims)
     return {'bpd': to_bpd(totals['elbo']), 'bpd_iw': to_bpd(totals['iw']),
             'num_examples': int(count)}
   return evaluate

@@ -37,7 +37,6 @@ def validate_run_config(config, device_count: int) -> None:
         f'model.image_shape {tuple(config.model.image_shape)} and model.num_levels '
         f'{config.model.num_levels} must match dataset {config.dataset!r} '
         f'({tuple(info.image_shape)}, {info.num_levels} levels)')
-  model_lib.validate_config(config.model)
   for name in ('batch_size', 'init_batch_size', 'log_every_steps', 'eval_every_steps',
                'checkpoint_every_steps', 'keep_checkpoints', 'eval.num_iw_samples',
                'eval.batch_size', 'eval.train_num_examples', 'sample.num'):
@@ -90,8 +89,7 @@ class Experiment:
   def _init_variables(self, images):
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(self.config.seed),
                                                steps.INIT_TAG), 3)
-    return self.model.init({'params': keys[0], 'dropout': keys[1]}, images, keys[2],
-                           deterministic=False)
+    return model_lib.init_variables(self.model, images, *keys)
 
   def init_state(self) -> steps.TrainState:
     """Data-dependent init on ``init_batch_size`` training images chosen by the seed (with

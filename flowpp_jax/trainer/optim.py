@@ -125,8 +125,9 @@ def adam_direction(cfg) -> optax.GradientTransformation:
 
 
 def ema_update(ema, params, decay: float):
-  """Polyak average: ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
-  return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+  """Polyak average: ema <- decay * ema + (1 - decay) * params, leaf by leaf (1 - (1 - decay)
+  is decay exactly in float64 for decay in [0.5, 1])."""
+  return optax.incremental_update(params, ema, step_size=1.0 - decay)
 
 
 def with_adam_moments(opt_state, count, mu, nu):

@@ -5,8 +5,7 @@ import numpy as np
 
 from flowpp_jax.data import images as images_lib
 from flowpp_jax.runtime import fileio, parallel
-
-SAMPLE_TAG = 3
+from flowpp_jax.trainer import steps
 
 
 def make_sampler(model, n: int):
@@ -25,7 +24,8 @@ def make_sampler(model, n: int):
       lambda params, z: model.apply({'params': params}, z, method=model.decode))
 
   def draw(p_params, seed: int, temperature: float, step: int = 0):
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_TAG), step)
+    key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.PRNGKey(seed), steps.SAMPLE_TAG), step)
     return decode(p_params, np.asarray(draw_latents(key, np.float32(temperature))))
   return draw
 

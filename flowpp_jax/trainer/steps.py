@@ -16,8 +16,10 @@ import optax
 from flowpp_jax import objective
 from flowpp_jax.runtime.parallel import AXIS
 from flowpp_jax.trainer import optim
-# Purpose tags folded into the seed: the three streams of randomness never share keys.
-TRAIN_TAG, EVAL_TAG, INIT_TAG = 0, 1, 2
+
+# Purpose tags folded into the seed: training, evaluation, the init and sampling never share
+# keys.
+TRAIN_TAG, EVAL_TAG, INIT_TAG, SAMPLE_TAG = 0, 1, 2, 3
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -62,11 +64,6 @@ def per_example_bpd(model, params, images, keys, *, deterministic: bool):
   return jax.vmap(one)(images, keys)
 
 
-def nats_per_bpd(images) -> float:
-  """D ln 2 for images [B, H, W, C]: bits/dim times this is nats per image."""
-  return float(np.prod(images.shape[1:]) * np.log(2.0))
-
-
 def train_step(state: TrainState, images, positions, *, model, direction, schedule,
                ema_decay: float, seed: int):
   """One update on this device's share of the global batch; call under pmap(axis_name=AXIS).
@@ -77,7 +74,7 @@ def train_step(state: TrainState, images, positions, *, model, direction, schedu
   scalars), as ``apply_gradients``.
   """
   keys = example_keys(seed, TRAIN_TAG, positions)
-  scale = nats_per_bpd(images)
+  scale = float(objective.nats_per_bpd(int(np.prod(images.shape[1:]))))
 
   def loss_fn(params):
     return jnp.mean(per_example_bpd(model, params, images, keys, deterministic=False)) * scale
@@ -94,10 +91,12 @@ def apply_gradients(state: TrainState, train_bpd, grads, *, direction, schedule,
   nats per image: Adam on the clipped gradient at the scheduled rate, and in the same step the
   EMA moved towards the parameters *before* this update. The official trainer groups its Adam
   and EMA ops without an order between them, and its checkpoints show the EMA reading the
-  variables before Adam writes them (tests/test_official_training.py): the EMA lags one update.
+  variables before Adam writes them (tests/trainer/test_official_training.py): the EMA lags one update.
 
   A non-finite loss or gradient norm leaves params, EMA and optimiser state untouched and is
   counted instead (the official trainer has no such guard: a NaN would reach its parameters).
+  Written here, not with optax.apply_if_finite, which guards the optimiser state only: the
+  EMA and the step count must skip too.
   Metrics: train_bpd, grad_norm (before clipping, in nats per image), lr, the counts.
   """
   grad_norm = optax.tree.norm(grads)

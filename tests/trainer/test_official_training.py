@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import OFFICIAL, load_config, official_fixture_config
-from flowpp_jax import architecture
+from flowpp_jax import architecture, objective
 from flowpp_jax import config_defaults as d
 from flowpp_jax.model import FlowPlusPlus
 from flowpp_jax.tools import import_weights
@@ -38,7 +38,7 @@ def run_official_steps(data, names, info):
   direction = optim.adam_direction(config.optimizer)
   schedule = optim.learning_rate_schedule(config.lr)
   model = FlowPlusPlus(config.model)
-  scale = steps.nats_per_bpd(data['train_x'][0])
+  scale = objective.nats_per_bpd(np.prod(data['train_x'][0].shape[1:]))
 
   def bpd(module, x, eps):  # the model's ELBO with the official noise in place of its draw
     x = x.astype(jnp.float32)

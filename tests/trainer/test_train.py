@@ -15,7 +15,7 @@ import pytest
 import flowpp_jax
 from flowpp_jax.data import datasets
 from flowpp_jax.runtime import cpu_devices
-from flowpp_jax.trainer import experiment, loop, sampling
+from flowpp_jax.trainer import experiment, loop, sampling, steps
 from conftest import ROOT, assert_one_error_line, load_config, tiny_model_config
 
 TINY = '--config=configs/digits.py:tiny'
@@ -129,7 +129,7 @@ def test_samples_do_not_depend_on_the_device_count(trained):
   model = flowpp_jax.load(workdir)
 
   def direct(step):
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), sampling.SAMPLE_TAG),
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), steps.SAMPLE_TAG),
                              step)
     return np.asarray(jax.jit(lambda p, k: model.model.apply(
         {'params': p}, k, 3, np.float32(0.7), method=model.model.sample))(model.params, key))
