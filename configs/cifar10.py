@@ -8,7 +8,7 @@ split over whatever devices JAX sees). Expected test bits/dim: about 3.17 after 
 (312,500 steps, the paper's ablation budget) and 3.08 when trained to convergence.
 
 Layers are scanned (model.scan_layers) so that the train step compiles in a time that does
-not grow with depth: 42-48 s (tracing + XLA) on the 2-core Zen 4 CPU of README "Performance",
+not grow with depth: 42-48 s (tracing + XLA) on the 2-core Zen 4 CPU of docs/performance.md,
 about 90 s on an older AVX2 one. Train step memory from XLA's compiled memory analysis, per
 device: 4.8 GB at 8 images; the global batch of 64 on one device takes 33.6 GB, or 5.3 GB with
 --config.model.remat=True (fits a 24 GiB machine).
