@@ -44,4 +44,5 @@ def quiet_logging() -> None:
 def refuse_arguments(argv) -> None:
   """Commands take flags only."""
   if len(argv) > 1:
-    fail(f'unexpected arguments {argv[1:]}; settings go in --config.FIELD=VALUE')
+    fail(f'unexpected arguments {argv[1:]}; settings are flags, --NAME=VALUE (config fields: '
+         '--config.FIELD=VALUE)')

@@ -50,7 +50,6 @@ def makedirs(p) -> epath.Path:
   return p
 
 
-
 def write_text(p, text: str) -> None:
   """Writes the file ``p`` whole or not at all: a local file is written beside and renamed
   over it, so that a full disk or a kill leaves the old contents (an object store replaces an

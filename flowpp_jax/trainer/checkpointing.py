@@ -100,13 +100,20 @@ class Checkpoints:
           shutil.rmtree(partial, ignore_errors=True)
       raise
 
-  def read_meta(self, step: int) -> dict:
+  @contextlib.contextmanager
+  def _reading(self, step: int):
+    """Turns any failure of a read of ``step`` into one CheckpointError (orbax raises many
+    types for a damaged directory)."""
     try:
-      return self._manager.restore(
-          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    except Exception as e:  # orbax raises many types for a damaged directory
+      yield
+    except Exception as e:
       _silence_failed_reads()
       raise self._unreadable(step, e) from e
+
+  def read_meta(self, step: int) -> dict:
+    with self._reading(step):
+      return self._manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def restore(self, step: int, abstract_state, model_cfg):
     """The TrainState at ``step``, as host numpy arrays shaped like ``abstract_state``.
@@ -122,12 +129,9 @@ class Checkpoints:
     target = flax.serialization.to_state_dict(abstract_state)
     target = jax.tree_util.tree_map(
         lambda x: np.zeros(x.shape, x.dtype), target)
-    try:
+    with self._reading(step):
       tree = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target)))['state']
-    except Exception as e:
-      _silence_failed_reads()
-      raise self._unreadable(step, e) from e
     restored_shapes = jax.tree_util.tree_map(np.shape, tree)
     if restored_shapes != jax.tree_util.tree_map(np.shape, target):
       raise self._unreadable(step, 'its arrays do not have the shapes of the model')
