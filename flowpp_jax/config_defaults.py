@@ -47,14 +47,27 @@ def model_config(*, image_shape, main, dequant, dropout: float, num_levels: int 
 
 def lr_config(*, peak: float, warmup_steps: int, decay: str = 'none', decay_start: int = 0,
               decay_end: int = 0, decay_rate: float = 1.0, final: float = 0.0,
-              drops: str = '') -> ml_collections.ConfigDict:
+              drops: str = '', drop_warmup_steps: int = 0) -> ml_collections.ConfigDict:
   """The learning-rate schedule (see flowpp_jax/trainer/optim.py): linear warmup to ``peak``, then
   optional decay towards ``final`` from ``decay_start`` ('linear' until ``decay_end``, or
   'exponential' by ``decay_rate`` per step), then the step drops in ``drops``
-  ("STEP=LR,STEP=LR")."""
+  ("STEP=LR,STEP=LR"), each reached by a linear ramp from 0 over ``drop_warmup_steps``."""
   return ml_collections.ConfigDict(dict(
       peak=peak, warmup_steps=warmup_steps, decay=decay, decay_start=decay_start,
-      decay_end=decay_end, decay_rate=decay_rate, final=final, drops=drops))
+      decay_end=decay_end, decay_rate=decay_rate, final=final, drops=drops,
+      drop_warmup_steps=drop_warmup_steps))
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """How images are read (see flowpp_jax/data/own_images.py for folder: and npy: sources)."""
+  return ml_collections.ConfigDict(dict(
+      bits=0,               # 0: as stored; n: floor(x / 2^(stored_bits - n)), 2^n levels
+      stored_bits=8,        # bits of the values in the files (the official CelebA .npy: 5, 3)
+      test_fraction=0.05,   # folder:/npy: without a given test split; 0: eval on train images
+      split_seed=0,         # which images that fraction holds out
+      resize=True,          # other sizes: centre-crop and resize; False: refuse them
+      cache_dir='',         # decoded images; '' means ~/.cache/flowpp_jax
+  ))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -66,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.dataset = ''
   config.data_dir = ''              # tfds data_dir; '' means tfds' default (~/tensorflow_datasets)
+  config.data = data_config()
   config.seed = 0
   config.batch_size = 64            # global, over every device and host
   config.init_batch_size = 128      # images for the data-dependent init
@@ -104,3 +118,28 @@ def sibling_config(this_file: str, name: str, *args) -> ml_collections.ConfigDic
   """get_config(*args) of configs/<name>.py, found next to ``this_file``: lets an ablation
   config start from the config it varies without making configs/ a package."""
   return config_from_file(pathlib.Path(this_file).with_name(f'{name}.py'), *args)
+
+
+def official_celeba(config, filename: str, bits: int) -> None:
+  """The official CelebA launchers' data: the authors' ``bits``-bit array ``filename``, every
+  image for training (eval then scores training images; see configs/celeba64_5bit.py)."""
+  config.dataset = f'npy:{filename}'
+  config.data.stored_bits = bits
+  config.data.test_fraction = 0.0
+  config.model.num_levels = 2 ** bits
+  config.eval.num_examples = 10_000
+
+
+def tiny_variant(config, variant: str, this_file: str) -> ml_collections.ConfigDict:
+  """``config`` (variant ''), or its 'tiny' variant: the same layouts and levels at a quarter
+  of the side and with 8-filter, 1-block couplings, for tests of the large configs."""
+  if variant == 'tiny':
+    h, w, c = config.model.image_shape
+    config.model.image_shape = (h // 4, w // 4, c)
+    net = dict(filters=8, blocks=1, components=2, heads=2)
+    config.model.main.update(net)
+    config.model.dequant.update(context_features=8, context_blocks=1, **net)
+    config.update(batch_size=4, init_batch_size=4)
+  elif variant:
+    raise ValueError(f'{pathlib.Path(this_file).name} knows the variant "tiny", got {variant!r}')
+  return config

@@ -1,4 +1,5 @@
-"""Where images come from: a registry of data sets and random-access readers of their splits.
+"""Where images come from: a registry of data sets, your own images (data/own_images.py),
+and random-access readers of their splits, with fewer bits where the config asks.
 
 ImageNet 32/64 is tfds `downsampled_imagenet`: van den Oord et al.'s (2016) files, the data
 the Flow++ paper reports on. `imagenet_resized` is Chrabaszcz et al.'s box-resized version,
@@ -10,6 +11,8 @@ import functools
 import shlex
 
 import numpy as np
+
+from flowpp_jax.data import own_images
 
 
 class DatasetNotPreparedError(ValueError):
@@ -46,7 +49,8 @@ _DIGITS_TEST_SIZE = 360
 
 def get_info(name: str) -> DatasetInfo:
   if name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; known: {", ".join(DATASETS)}')
+    raise ValueError(f'unknown dataset {name!r}; known: {", ".join(DATASETS)}, or your own '
+                     'images as folder:/path or npy:/path/file.npy')
   return DATASETS[name]
 
 
@@ -56,6 +60,85 @@ def prepare_command(info: DatasetInfo, data_dir=None) -> str:
   if data_dir is None:
     return command
   return f'{command} --data_dir={shlex.quote(str(data_dir))}'
+
+
+def describe(config) -> DatasetInfo:
+  """The data set ``config`` names, as its model sees it: data.bits applied, and for
+  folder:/npy: sources the shape of config.model. Reads nothing; raises ValueError naming the
+  field."""
+  data = config.data
+  if not 1 <= data.stored_bits <= 8:
+    raise ValueError(f'data.stored_bits must be in [1, 8], got {data.stored_bits}')
+  if not 0 <= data.test_fraction < 1:
+    raise ValueError(f'data.test_fraction must be in [0, 1), got {data.test_fraction}')
+  own = own_images.parse(config.dataset)
+  if own is not None:
+    bits = data.bits or data.stored_bits
+    if not bits <= data.stored_bits:
+      raise ValueError(f'data.bits ({data.bits}) must be at most data.stored_bits '
+                       f'({data.stored_bits})')
+    return DatasetInfo(config.dataset, tuple(config.model.image_shape), 2 ** bits, 'train',
+                       'test')
+  info = get_info(config.dataset)
+  if not data.bits:
+    return info
+  if info.num_levels != 256:
+    raise ValueError(f'data.bits reduces 8-bit images; {info.name} has {info.num_levels} '
+                     'levels: set data.bits to 0')
+  if not 1 <= data.bits <= 8:
+    raise ValueError(f'data.bits must be in [1, 8] (0: as stored), got {data.bits}')
+  return dataclasses.replace(info, num_levels=2 ** data.bits)
+
+
+@dataclasses.dataclass
+class Data:
+  """The opened data of a run: its info, random-access train and eval splits, and what the
+  trainer records in the workdir (None for the registry's fixed splits)."""
+  info: DatasetInfo
+  train: object
+  test: object
+  eval_split: str  # 'test', or 'train' where the data has no test split
+  record: dict | None = None
+
+
+def open_data(config, workdir=None, say=print) -> Data:
+  """Opens the splits of ``config.dataset``, reduced to data.bits. ``workdir``: where a
+  folder:/npy: source's recorded split is read from. Raises ValueError (one line) on bad or
+  missing data."""
+  info = describe(config)
+  own = own_images.parse(config.dataset)
+  if own is None:
+    shift = 8 - config.data.bits if config.data.bits else 0
+    data_dir = config.data_dir or None
+    train, test = (reduce_bits(load_split(config.dataset, split, data_dir), shift)
+                   for split in ('train', 'test'))
+    return Data(info, train, test, 'test')
+  splits = own_images.open_splits(config.dataset, config.data, info.image_shape, workdir, say,
+                                  min_train=config.batch_size)
+  say(f'{config.dataset}: {len(splits.train)} train, '
+      f'{len(splits.test) if splits.test is not None else "no"} test images; {splits.report}')
+  shift = config.data.stored_bits - (info.num_levels.bit_length() - 1)
+  train = reduce_bits(ArraySource(splits.train), shift)
+  if splits.test is None:
+    return Data(info, train, train, 'train', splits.record)
+  return Data(info, train, reduce_bits(ArraySource(splits.test), shift), 'test', splits.record)
+
+
+def reduce_bits(source, shift: int):
+  """``source`` with each value x read as floor(x / 2^shift) (the official 5-bit ImageNet's
+  reduction, shift = 3)."""
+  return source if shift == 0 else _Reduced(source, shift)
+
+
+class _Reduced:
+  def __init__(self, source, shift: int):
+    self._source, self._shift = source, shift
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, indices):
+    return np.right_shift(self._source[indices], self._shift)
 
 
 class ArraySource:
@@ -68,7 +151,7 @@ class ArraySource:
     return len(self._images)
 
   def __getitem__(self, indices):
-    return self._images[_check_indices(indices, len(self))]
+    return np.asarray(self._images[_check_indices(indices, len(self))])
 
 
 class TfdsSource:

@@ -1,14 +1,23 @@
-"""Command line: python -m flowpp_jax.prepare --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR].
+"""Command line: python -m flowpp_jax.prepare --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR],
+or python -m flowpp_jax.prepare --config=CONFIG [--config.FIELD=VALUE ...].
 
-Downloads a tfds data set and writes it as array_record, which the trainer reads without
-TensorFlow. Writing needs TensorFlow: pip install -e '.[prepare]'.
+--dataset: downloads a tfds data set and writes it as array_record, which the trainer reads
+without TensorFlow. Writing needs TensorFlow: pip install -e '.[prepare]'.
+
+--config: prepares what the config reads. For your own images (folder:/npy:) that is decoding
+them into the array cache, as the trainer would at its start, then reading random batches
+back; both rates are printed.
 """
 import importlib.util
+import time
 
 from absl import flags
 from etils import epath
+import numpy as np
 
-from flowpp_jax.data import datasets
+# Importing main defines --config: --config=CONFIG prepares what the trainer would read.
+from flowpp_jax import main as main_lib
+from flowpp_jax.data import datasets, own_images
 from flowpp_jax.runtime import cli
 
 _DATASET = flags.DEFINE_enum('dataset', None, list(datasets.DATASETS), 'Data set to prepare.')
@@ -22,8 +31,36 @@ _WRITE_MODULES = ('tensorflow', 'importlib_resources')
 
 
 def main(argv):
-  cli.refuse_arguments(argv)
-  info = datasets.get_info(_DATASET.value)
+  main_lib.start_borrowing_command(argv, 'flowpp_jax.prepare')
+  if (_DATASET.value is None) == (not flags.FLAGS['config'].present):
+    cli.fail('pass --dataset=NAME (a tfds data set) or --config=CONFIG (what it reads)')
+  if _DATASET.value is None:
+    config = main_lib.load_config()
+    if own_images.parse(config.dataset) is not None:
+      try:
+        _prepare_own_images(config)
+      except ValueError as e:
+        cli.fail(str(e).splitlines()[0])
+      return
+    _prepare_tfds(config.dataset)
+    return
+  _prepare_tfds(_DATASET.value)
+
+
+def _prepare_own_images(config, seconds: float = 3.0) -> None:
+  """Builds (or finds) the cache, then reads random batches of config.batch_size from it for
+  about ``seconds``."""
+  data = datasets.open_data(config)
+  rng = np.random.default_rng(0)
+  count, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    count += len(data.train[rng.integers(0, len(data.train), config.batch_size)])
+  rate = count / (time.perf_counter() - start)
+  print(f'random batches of {config.batch_size} from the cache: {rate:.0f} images/s')
+
+
+def _prepare_tfds(name: str) -> None:
+  info = datasets.get_info(name)
   if info.tfds_name is None:
     print(f'{info.name} is built into scikit-learn: nothing to prepare.')
     return
@@ -48,4 +85,4 @@ def main(argv):
 
 
 def run() -> None:
-  cli.run(main, required='dataset')
+  cli.run(main, required=None)

@@ -22,9 +22,10 @@ def parse_flags(argv):
     fail(f'bad command line: {e}'.replace('\n', ' '))
 
 
-def run(main, required: str) -> None:
-  """Runs ``main(argv)`` as a command whose flag ``required`` must be given."""
-  flags.mark_flag_as_required(required)
+def run(main, required: str | None) -> None:
+  """Runs ``main(argv)`` as a command whose flag ``required`` (if any) must be given."""
+  if required:
+    flags.mark_flag_as_required(required)
   app.run(main, flags_parser=parse_flags)
 
 

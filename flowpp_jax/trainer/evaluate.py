@@ -15,7 +15,7 @@ from flowpp_jax.trainer import steps
 
 def make_evaluator(exp, num_samples: int):
   """(replicated params, num_examples) -> {'bpd', 'bpd_iw', 'num_examples'} over the first
-  num_examples test images (0: all). Deterministic for given params and seed."""
+  num_examples test images (0: all; training images where the data has no test split). Deterministic for given params and seed."""
   p_eval = jax.pmap(functools.partial(steps.eval_sums, model=exp.model,
                                       num_samples=num_samples, seed=exp.config.seed),
                     axis_name=steps.AXIS)
@@ -41,9 +41,10 @@ def evaluate_and_report(exp, p_params, step: int) -> dict:
   """The full evaluation the config asks for; prints it and writes WORKDIR/eval.json."""
   cfg = exp.config.eval
   result = make_evaluator(exp, cfg.num_iw_samples)(p_params, cfg.num_examples)
-  result = {'step': step, **result, 'num_iw_samples': cfg.num_iw_samples}
+  result = {'step': step, **result, 'num_iw_samples': cfg.num_iw_samples,
+            'split': exp.data.eval_split}
   if jax.process_index() == 0:
-    print(f'eval step {step}: test {result["bpd"]:.4f} bits/dim (ELBO), '
+    print(f'eval step {step}: {exp.data.eval_split} {result["bpd"]:.4f} bits/dim (ELBO), '
           f'{result["bpd_iw"]:.4f} bits/dim (importance-weighted, K={cfg.num_iw_samples}) '
           f'on {result["num_examples"]} images', flush=True)
     fileio.write_text(fileio.path(exp.workdir) / 'eval.json', json.dumps(result, indent=2) + '\n')

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flowpp_jax import config_defaults
 from flowpp_jax import model as model_lib
-from flowpp_jax.data import datasets
+from flowpp_jax.data import datasets, own_images
 from flowpp_jax.runtime import fileio
 from flowpp_jax.trainer import checkpointing, optim, steps
 
@@ -27,16 +28,14 @@ def _field(config, name: str):
 def validate_run_config(config, device_count: int) -> None:
   """Raises ValueError naming the field when the config cannot run on ``device_count``
   devices."""
-  if config.dataset not in datasets.DATASETS:
-    raise ValueError(f'dataset must be one of {sorted(datasets.DATASETS)}, '
-                     f'got {config.dataset!r}')
-  info = datasets.DATASETS[config.dataset]
-  if (tuple(config.model.image_shape) != tuple(info.image_shape)
-      or config.model.num_levels != info.num_levels):
-    raise ValueError(
-        f'model.image_shape {tuple(config.model.image_shape)} and model.num_levels '
-        f'{config.model.num_levels} must match dataset {config.dataset!r} '
-        f'({tuple(info.image_shape)}, {info.num_levels} levels)')
+  info = datasets.describe(config)
+  if tuple(config.model.image_shape) != tuple(info.image_shape):
+    raise ValueError(f'model.image_shape {tuple(config.model.image_shape)} must match dataset '
+                     f'{config.dataset!r}: {tuple(info.image_shape)}')
+  if config.model.num_levels != info.num_levels:
+    raise ValueError(f'model.num_levels {config.model.num_levels} must match the '
+                     f'{info.num_levels} levels of dataset {config.dataset!r} (data.bits '
+                     f'{config.data.bits}); set --config.model.num_levels={info.num_levels}')
   for name in ('batch_size', 'init_batch_size', 'log_every_steps', 'eval_every_steps',
                'checkpoint_every_steps', 'keep_checkpoints', 'eval.num_iw_samples',
                'eval.batch_size', 'eval.train_num_examples', 'sample.num'):
@@ -59,16 +58,18 @@ def validate_run_config(config, device_count: int) -> None:
 class Experiment:
   """One config and one workdir."""
 
-  def __init__(self, config, workdir, *, read_only: bool = False, device_count=None):
-    """device_count: the devices batches must divide over (default: all JAX sees)."""
+  def __init__(self, config, workdir, *, read_only: bool = False, device_count=None,
+               data=None):
+    """device_count: the devices batches must divide over (default: all JAX sees). data:
+    the opened datasets.Data (default: opened at first use)."""
     validate_run_config(config, device_count or jax.device_count())
     self.config = config
     self.workdir = fileio.path(workdir)  # pathlib would turn gs://b/run into gs:/b/run
-    self.info = datasets.DATASETS[config.dataset]
+    self.info = datasets.describe(config)
+    self._data = data
     self.model = model_lib.FlowPlusPlus(config.model)
     self.direction = optim.adam_direction(config.optimizer)
     self.schedule = optim.learning_rate_schedule(config.lr)
-    self._sources = {}
     if read_only and not (self.workdir / 'checkpoints').is_dir():
       raise ValueError(f'no checkpoint in {self.workdir / "checkpoints"}; train first '
                        '(--mode=train with the same --workdir)')
@@ -77,14 +78,18 @@ class Experiment:
     self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.keep_checkpoints,
                                                  read_only=read_only)
 
+  @property
+  def data(self) -> datasets.Data:
+    """The run's images, opened once (init, the train loop and the evaluator share them)."""
+    if self._data is None:
+      say = print if jax.process_index() == 0 else lambda *_: None
+      self._data = datasets.open_data(self.config, self.workdir, say)
+    return self._data
+
   def source(self, split: str):
-    """Random-access images of one split ('train' or 'test'), opened once per experiment
-    (init, the train loop and the evaluator share it)."""
-    if split not in self._sources:
-      name = self.info.train_split if split == 'train' else self.info.test_split
-      self._sources[split] = datasets.load_split(self.config.dataset, name,
-                                                 self.config.data_dir or None)
-    return self._sources[split]
+    """Random-access images of 'train', or of 'test': the split eval scores (the training
+    images where the data has no test split; see data.eval_split)."""
+    return self.data.train if split == 'train' else self.data.test
 
   def _init_variables(self, images):
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(self.config.seed),
@@ -123,10 +128,13 @@ class Experiment:
         'model': checkpointing.model_signature(self.config.model), 'step': step})
 
   def write_config(self) -> None:
-    """WORKDIR/config.json: the run's full config, which flowpp_jax.load reads back."""
+    """WORKDIR/config.json: the run's full config, which flowpp_jax.load reads back; and for
+    your own images WORKDIR/data_split.json, the split that resumed and evaluated runs use."""
     if jax.process_index() == 0:
       fileio.write_text(fileio.path(self.workdir) / CONFIG_FILE,
                         self.config.to_json(indent=2) + '\n')
+      if self.data.record is not None:
+        own_images.write_record(self.workdir, self.data.record)
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
@@ -136,4 +144,6 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     raise ValueError(f'{path} not found: is {workdir} the --workdir of a training run?')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   config.model.image_shape = tuple(config.model.image_shape)
+  if 'data' not in config:  # a workdir from before the data options: their defaults
+    config.data = config_defaults.data_config()
   return config

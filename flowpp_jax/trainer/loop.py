@@ -146,7 +146,7 @@ def train(exp) -> steps.TrainState:
         result = periodic_eval(p_state.ema_params, periodic_examples)
         reporter.write(done, {'eval_bpd': result['bpd']})
         reporter.say(f'step {done}: eval {result["bpd"]:.4f} bits/dim (EMA, ELBO, '
-                     f'{result["num_examples"]} test images)')
+                     f'{result["num_examples"]} {exp.data.eval_split} images)')
         reporter.rates(done, 0)  # evaluation time is not training throughput
       # (the final step's samples are drawn after the loop)
       if (config.sample_every_steps and done % config.sample_every_steps == 0

@@ -6,6 +6,7 @@ and sample at once; training saves a checkpoint first (trainer/loop.py).
 """
 import jax
 
+from flowpp_jax.data import datasets
 from flowpp_jax.runtime import cli, fileio, parallel
 from flowpp_jax.trainer import (checkpointing, evaluate, experiment, interrupt, loop, sampling,
                                 workdir_lock)
@@ -19,10 +20,13 @@ def run(mode: str, config, workdir: str) -> None:
     if mode != 'train':
       return _run_in(mode, config, workdir, read_only=True)
     experiment.validate_run_config(config, jax.device_count())
+    # Before anything is written, so that bad data is one error line and an untouched workdir.
+    data = datasets.open_data(config, workdir,
+                              print if jax.process_index() == 0 else lambda *_: None)
     # Before the checkpoint manager opens the workdir: it tidies away unfinished saves.
     lock = workdir_lock.hold(workdir)
     try:
-      _run_in(mode, config, workdir, read_only=False)
+      _run_in(mode, config, workdir, read_only=False, data=data)
     finally:
       lock.release()
   except Exception as e:  # pylint: disable=broad-except  (orbax wraps the OSError its own way)
@@ -42,8 +46,8 @@ def _newest_checkpoint(workdir) -> str:
   return '' if step is None else f' (step {step})'
 
 
-def _run_in(mode: str, config, workdir: str, *, read_only: bool) -> None:
-  exp = experiment.Experiment(config, workdir, read_only=read_only)
+def _run_in(mode: str, config, workdir: str, *, read_only: bool, data=None) -> None:
+  exp = experiment.Experiment(config, workdir, read_only=read_only, data=data)
   try:
     _run_experiment(mode, exp)
   finally:

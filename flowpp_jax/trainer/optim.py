@@ -42,6 +42,8 @@ def validate_lr_config(cfg) -> None:
     raise ValueError(f'lr.decay_rate must be in (0, 1], got {cfg.decay_rate}')
   if cfg.decay != 'none' and not 0 <= cfg.final <= cfg.peak:
     raise ValueError(f'lr.final must be in [0, lr.peak], got {cfg.final}')
+  if cfg.get('drop_warmup_steps', 0) < 0:
+    raise ValueError(f'lr.drop_warmup_steps must be >= 0, got {cfg.drop_warmup_steps}')
   if any(value < 0 for _, value in parse_drops(cfg.drops)):
     raise ValueError(f'lr.drops must be non-negative learning rates, got {cfg.drops!r}')
 
@@ -70,7 +72,11 @@ def learning_rate_schedule(cfg):
     else:
       lr = jnp.asarray(cfg.peak, jnp.float32)
     lr = lr * warmup
+    # .get: workdirs written before drop_warmup_steps existed have no such field.
+    ramp = cfg.get('drop_warmup_steps', 0)
     for drop_step, value in drops:
+      if ramp:  # ImageNet64 5-bit's official schedule warms up again from 0 after its drop
+        value = value * jnp.minimum(1.0, (step - drop_step) / ramp)
       lr = jnp.where(step >= drop_step, value, lr)
     return lr
   return schedule

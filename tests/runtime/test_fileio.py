@@ -95,12 +95,15 @@ def test_samples_config_and_eval_json(bucket, monkeypatch):
       np.repeat(np.repeat(images.make_grid(images.to_display(samples, 17)), 8, 0), 8, 1))
   np.testing.assert_array_equal(np.load(bucket / 'samples' / 'step_00000007_t1.npy'), samples)
 
-  config = ml_collections.ConfigDict({'model': {'image_shape': (8, 8, 1)}, 'seed': 3})
-  experiment.Experiment.write_config(types.SimpleNamespace(workdir=BUCKET, config=config))
+  config = ml_collections.ConfigDict({'model': {'image_shape': (8, 8, 1)}, 'seed': 3,
+                                      'data': {'bits': 5}})
+  experiment.Experiment.write_config(types.SimpleNamespace(
+      workdir=BUCKET, config=config, data=types.SimpleNamespace(record=None)))
   assert experiment.load_config(BUCKET).to_json() == config.to_json()
 
   exp = types.SimpleNamespace(workdir=BUCKET, config=ml_collections.ConfigDict(
-      {'eval': {'num_iw_samples': 2, 'num_examples': 0}}))
+      {'eval': {'num_iw_samples': 2, 'num_examples': 0}}),
+      data=types.SimpleNamespace(eval_split='test'))
   monkeypatch.setattr(evaluate, 'make_evaluator', lambda exp, k: lambda params, n: {
       'bpd': 1.5, 'bpd_iw': 1.25, 'num_examples': 5})
   evaluate.evaluate_and_report(exp, None, 9)

@@ -60,7 +60,8 @@ def test_train_writes_metrics_eval_and_samples(trained):
     assert np.isfinite(row['train_bpd']) and row['nonfinite_total'] == 0
   assert [r['step'] for r in rows if 'eval_bpd' in r] == [12, 24]
   result = json.loads((workdir / 'eval.json').read_text())
-  assert set(result) == {'step', 'bpd', 'bpd_iw', 'num_examples', 'num_iw_samples'}
+  assert set(result) == {'step', 'bpd', 'bpd_iw', 'num_examples', 'num_iw_samples', 'split'}
+  assert result['split'] == 'test'
   assert (result['step'], result['num_examples'], result['num_iw_samples']) == (24, 40, 4)
   # Same draws: log-mean-exp >= mean-log (Jensen), so the IW bound is never worse.
   assert result['bpd_iw'] <= result['bpd'] < np.log2(17) + 1
