@@ -8,16 +8,67 @@ import sys
 
 import pytest
 
-from flowpp_jax.tools import summary
-from conftest import ROOT, load_config
+import functools
 
-OFFICIAL = {'cifar10': 31_443_440, 'imagenet32': 168_955_724, 'imagenet64': 73_489_960}
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flowpp_jax.data import datasets
+from flowpp_jax.model import FlowPlusPlus
+from flowpp_jax.runtime import parallel
+from flowpp_jax.tools import summary
+from flowpp_jax.trainer import optim, steps
+from conftest import ROOT, init_model, load_config
+
+OFFICIAL = {'cifar10': 31_443_440, 'imagenet32': 168_955_724, 'imagenet64': 73_489_960,
+            'imagenet64_5bit': 73_489_960, 'celeba64_5bit': 73_489_960,
+            'celeba64_3bit': 73_489_960, 'celeba128_5bit': 122_790_952}
+# Levels of the launchers' data (their ImgProc scales by it, their context by 1 / it).
+LEVELS = {'imagenet64_5bit': 32, 'celeba64_5bit': 32, 'celeba64_3bit': 8, 'celeba128_5bit': 32}
 
 
 @pytest.mark.parametrize('name', sorted(OFFICIAL))
 def test_parameter_count_equals_official(name):
   _, totals = summary.summary_rows(load_config(name).model)
   assert totals['num_params'] == OFFICIAL[name]
+
+
+@pytest.mark.parametrize('name', sorted(LEVELS))
+def test_low_bit_configs_read_their_levels(name):
+  config = load_config(name)
+  assert config.model.num_levels == LEVELS[name]
+  info = datasets.describe(config)
+  assert (info.num_levels, info.image_shape) == (LEVELS[name], tuple(config.model.image_shape))
+
+
+@pytest.mark.parametrize('name', sorted(LEVELS))
+def test_low_bit_configs_tiny_variant_takes_a_train_step(name):
+  """The same layouts at a quarter of the side: one update at the peak rate gives a finite
+  loss and moves every parameter that has a gradient."""
+  config = load_config(name, 'tiny')
+  model = FlowPlusPlus(config.model)
+  shape = tuple(config.model.image_shape)
+  assert model.num_dims == int(np.prod(shape))
+  images = np.random.default_rng(0).integers(0, LEVELS[name], (4, *shape), dtype=np.uint8)
+  images[:2] = images[:2] // 2  # some structure for the init to normalise
+  direction = optim.adam_direction(config.optimizer)
+  state = steps.create_state(init_model(model, jnp.asarray(images))['params'], direction)
+  state = state.replace(step=jnp.int32(config.lr.warmup_steps))
+  step = jax.pmap(functools.partial(
+      steps.train_step, model=model, direction=direction,
+      schedule=optim.learning_rate_schedule(config.lr), ema_decay=config.optimizer.ema_decay,
+      seed=0), axis_name=steps.AXIS)
+  new, metrics = step(parallel.replicate(state), parallel.shard(images),
+                      parallel.shard(np.arange(4, dtype=np.int32)))
+  new, metrics = parallel.unreplicate(new), parallel.unreplicate(metrics)
+  assert np.isfinite(float(metrics['train_bpd']))
+  assert float(metrics['lr']) == pytest.approx(config.lr.peak, rel=1e-6)
+  old_leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  still = [jax.tree_util.keystr(path) for (path, a), b in
+           zip(old_leaves, jax.tree_util.tree_leaves(new.params)) if np.array_equal(a, b)]
+  # The dequantizer's attention-free couplings keep the official code's unused pos_emb.
+  assert still == ["['dequantizer']['flow']['layers_1']['steps']['coupling']['net']['pos_emb']"]
 
 
 def test_cifar10_count_by_hand():

@@ -39,6 +39,68 @@ def test_imagenet64_intended_schedule():
   assert (lr[1:] > 0).all()  # the official function is negative between 280k and 290k
 
 
+def official_imagenet64_5bit(total):
+  """imagenet64_5bit_official.py's lr_schedule, called step by step as its trainer does (a
+  global curr_lr decays by 0.9995 per call); None where no branch returns."""
+  out, curr_lr = [], None
+  for step in range(total):
+    value = None
+    if step < 10_000:
+      value = 4e-4 * step / 10_000
+    elif 10_000 < step < 50_000:
+      curr_lr = value = 4e-4
+    elif step > 50_000 and curr_lr > 3e-4:
+      curr_lr *= 0.9995
+      value = curr_lr
+    elif step > 50_000 and curr_lr <= 3e-4 and step < 110_000:
+      value = 3e-4
+    elif 110_000 < step < 130_000:
+      value = 1e-5 * (step - 110_000) / 20_000
+    elif step > 130_000:
+      value = 1e-5
+    out.append(value)
+  return out
+
+
+def official_celeba64(total):
+  """celeba64_5bit_official.py's (and celeba64_3bit's) lr_schedule, called step by step."""
+  out, curr_lr = [], None
+  for step in range(total):
+    if step < 20_000:
+      out.append(4e-5 * step / 20_000)
+      continue
+    if step <= 50_000:
+      curr_lr = 4e-5
+    elif curr_lr > 1e-5:
+      curr_lr *= 0.9995
+    out.append(curr_lr)
+  return out
+
+
+@pytest.mark.parametrize('name, official, holes', [
+    ('imagenet64_5bit', official_imagenet64_5bit, [10_000, 50_000, 110_000, 130_000]),
+    ('celeba64_5bit', official_celeba64, []),
+    ('celeba64_3bit', official_celeba64, []),
+])
+def test_low_bit_schedules_follow_the_official_ones(name, official, holes):
+  total = 150_000
+  theirs = official(total)
+  assert [s for s, v in enumerate(theirs) if v is None] == holes
+  ours = np.asarray(optim.learning_rate_schedule(load_config(name).lr)(np.arange(total)))
+  defined = np.array([v is not None for v in theirs])
+  theirs = np.array([np.nan if v is None else v for v in theirs])
+  # Theirs overshoots the floor by one decay step (x0.9995) where it crosses it; ours stops.
+  np.testing.assert_allclose(ours[defined], theirs[defined], rtol=6e-4, atol=1e-12)
+  assert np.isfinite(ours).all() and (ours >= 0).all()
+  if holes:  # the holes get the neighbouring rates
+    np.testing.assert_allclose(ours[holes], [4e-4, 4e-4, 0, 1e-5], rtol=1e-6)
+
+
+def test_celeba128_warmup_then_constant():
+  lr = lr_at(load_config('celeba128_5bit'), [0, 25_000, 49_999, 50_000, 400_000])
+  np.testing.assert_allclose(lr, [0, 5e-6, 1e-5 * 49_999 / 50_000, 1e-5, 1e-5], rtol=1e-6)
+
+
 def test_digits_and_ablation_configs_have_training_fields():
   for name in ('digits', 'cifar10_affine', 'cifar10_no_attention', 'cifar10_uniform_dequant'):
     config = load_config(name)
