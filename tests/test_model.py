@@ -161,3 +161,26 @@ def test_bad_layout_is_named(tiny_config):
   tiny_config.main.layout = 'checker1 s2d s2d s2d s2d'
   with pytest.raises(ValueError, match='s2d needs even'):
     init_model(FlowPlusPlus(tiny_config), _images((8, 8, 3)))
+
+
+@pytest.mark.parametrize('levels', [32, 8])
+def test_dequantizer_context_sees_x_over_levels_minus_half(levels):
+  """As the official launchers' x / 32 - 0.5 and x / 8 - 0.5: the context network's first
+  conv gets the two checkerboard halves of x / L - 0.5."""
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  cfg = tiny_model_config((4, 4, 1), num_levels=levels, dropout=0.0)
+  model = FlowPlusPlus(cfg)
+  x = _images((4, 4, 1), levels, batch=2)
+  variables = init_model(model, x)
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.module.name == 'proj' and context.method_name == '__call__':
+      seen.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply(variables, x, jax.random.PRNGKey(0))
+  expected = np.asarray(x, np.float32) / levels - 0.5
+  halves = np.concatenate([expected[:, :, 0::2], expected[:, :, 1::2]], axis=-1)
+  np.testing.assert_allclose(np.asarray(seen[0]), halves, rtol=0, atol=1e-7)

@@ -101,6 +101,21 @@ def test_tfds_source_without_getitems_and_bad_shapes():
       datasets.load_split('cifar10', 'train')
 
 
+def test_tfds_data_at_5_bits_is_floor_of_x_over_8():
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from flowpp_jax import config_defaults  # pylint: disable=g-import-not-at-top
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  fake = lambda builder, split, **kwargs: [{'image': im, 'label': 0} for im in images]
+  config = config_defaults.base_config()
+  config.update(dataset='cifar10')
+  config.data.bits = 5
+  with tfds.testing.mock_data(as_data_source_fn=fake):
+    data = datasets.open_data(config)
+  assert data.info.num_levels == 32
+  for split in (data.train, data.test):
+    np.testing.assert_array_equal(split[np.arange(4)], np.floor(images / 8).astype(np.uint8))
+
+
 def test_train_batches_deterministic_and_resumable():
   src = counting_source(10)
   batches = ip.TrainBatches(src, global_batch=4, seed=7)
