@@ -129,12 +129,13 @@ class Experiment:
 
   def write_config(self) -> None:
     """WORKDIR/config.json: the run's full config, which flowpp_jax.load reads back; and for
-    your own images WORKDIR/data_split.json, the split that resumed and evaluated runs use."""
+    your own images WORKDIR/data_split.json, the split that resumed and evaluated runs use
+    (when the run has opened its data: the weights import writes a workdir without)."""
     if jax.process_index() == 0:
       fileio.write_text(fileio.path(self.workdir) / CONFIG_FILE,
                         self.config.to_json(indent=2) + '\n')
-      if self.data.record is not None:
-        own_images.write_record(self.workdir, self.data.record)
+      if self._data is not None and self._data.record is not None:
+        own_images.write_record(self.workdir, self._data.record)
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

@@ -98,7 +98,7 @@ def test_samples_config_and_eval_json(bucket, monkeypatch):
   config = ml_collections.ConfigDict({'model': {'image_shape': (8, 8, 1)}, 'seed': 3,
                                       'data': {'bits': 5}})
   experiment.Experiment.write_config(types.SimpleNamespace(
-      workdir=BUCKET, config=config, data=types.SimpleNamespace(record=None)))
+      workdir=BUCKET, config=config, _data=None))
   assert experiment.load_config(BUCKET).to_json() == config.to_json()
 
   exp = types.SimpleNamespace(workdir=BUCKET, config=ml_collections.ConfigDict(
