@@ -29,8 +29,22 @@ def run(main, required: str | None) -> None:
   app.run(main, flags_parser=parse_flags)
 
 
+def _in_orbax(path: str) -> bool:
+  return f'{os.sep}orbax{os.sep}' in path
+
+
 def _not_from_orbax(record) -> bool:
-  return f'{os.sep}orbax{os.sep}' not in record.pathname
+  """False for orbax's records, and for asyncio's "Task exception was never retrieved" of an
+  orbax write task (a full disk fails each array's write after the save has failed)."""
+  if _in_orbax(record.pathname):
+    return False
+  error = record.exc_info[1] if record.exc_info else None
+  frame = error.__traceback__ if error is not None else None
+  while frame is not None:
+    if _in_orbax(frame.tb_frame.f_code.co_filename):
+      return False
+    frame = frame.tb_next
+  return True
 
 
 def quiet_logging() -> None:
