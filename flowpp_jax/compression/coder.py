@@ -97,7 +97,7 @@ class Stack:
     fine = m > 0
     if np.any(fine):
       sizes = np.left_shift(1, m[fine]).astype(np.int32)
-      place = (k[fine] - np.left_shift(np.right_shift(k[fine], m[fine]), m[fine]))
+      place = np.bitwise_and(k[fine], np.left_shift(1, m[fine]) - 1)  # k mod 2^m
       self._coder.encode_reverse(place.astype(np.int32), constriction.stream.model.Uniform(),
                                  sizes)
     for exponent in np.unique(r)[::-1]:

@@ -74,9 +74,9 @@ class _LayerCoder:
       return (kept[0], coded[0])
     return tuple(coded) if isinstance(like, tuple) else coded[0]
 
-  def weights(self):
-    return [np.asarray(self.variables['params'][f'W{i}'], np.float64) for i in range(2)
-            if f'W{i}' in self.variables['params']]
+  def weights(self, count):
+    """Pointwise's matrices W0 .. W{count-1}, one per part, float64."""
+    return [np.asarray(self.variables['params'][f'W{i}'], np.float64) for i in range(count)]
 
   def through(self, like, kept, inverse):
     """The layer on its coded parts (a tuple), the other parts held at ``kept``."""
@@ -95,28 +95,23 @@ class _LayerCoder:
     return value_and_slope
 
 
-def _code_forward(coder: _LayerCoder, stack: Stack, x, sigma, delta):
-  kept, coded = coder.split(x)
-  x_k = [_to_grid(p, delta) for p in coded]
+def _code(coder: _LayerCoder, stack: Stack, value, sigma, delta, inverse: bool):
+  """One layer call under coding: ``value`` is its input (forward) or its output (inverse);
+  returns the other side, on the grid."""
+  kept, coded = coder.split(value)
+  known = [_to_grid(p, delta) for p in coded]
   if coder.linear:
-    y_k = [lbb.encode_linear(stack, k, w, sigma=sigma, delta_in=delta, delta_out=delta)
-           for k, w in zip(x_k, coder.weights())]
+    step = lbb.decode_linear if inverse else lbb.encode_linear
+    weights = coder.weights(len(known))
+    other = [None] * len(known)
+    # The inverse undoes the forward's parts last-first, as the stack needs.
+    for i in (reversed(range(len(known))) if inverse else range(len(known))):
+      other[i] = step(stack, known[i], weights[i], sigma=sigma, delta_in=delta,
+                      delta_out=delta)
   else:
-    y_k = _elementwise(stack, x_k, coder.with_slopes(x, kept), coder.through(x, kept, True),
-                       sigma, delta, encode=True)
-  return coder.join(kept, tuple(_from_grid(k, delta) for k in y_k), x)
-
-
-def _code_inverse(coder: _LayerCoder, stack: Stack, y, sigma, delta):
-  kept, coded = coder.split(y)
-  y_k = [_to_grid(p, delta) for p in coded]
-  if coder.linear:
-    x_k = [lbb.decode_linear(stack, k, w, sigma=sigma, delta_in=delta, delta_out=delta)
-           for k, w in reversed(list(zip(y_k, coder.weights())))][::-1]
-  else:
-    x_k = _elementwise(stack, y_k, coder.with_slopes(y, kept), coder.through(y, kept, True),
-                       sigma, delta, encode=False)
-  return coder.join(kept, tuple(_from_grid(k, delta) for k in x_k), y)
+    other = _elementwise(stack, known, coder.with_slopes(value, kept),
+                         coder.through(value, kept, True), sigma, delta, encode=not inverse)
+  return coder.join(kept, tuple(_from_grid(k, delta) for k in other), value)
 
 
 def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, *, encode):
@@ -136,8 +131,8 @@ def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, *, encod
     return flat(inverse_of(*unflat(v)))
 
   step = lbb.encode_elementwise if encode else lbb.decode_elementwise
-  out = step(stack, flat(k_parts).astype(np.int64), forward, inverse, sigma=sigma,
-             delta_in=delta, delta_out=delta)
+  out = step(stack, np.concatenate([k.ravel() for k in k_parts]), forward, inverse,
+             sigma=sigma, delta_in=delta, delta_out=delta)
   return [out[a:b].reshape(s) for a, b, s in zip(sizes[:-1], sizes[1:], shapes)]
 
 
@@ -156,10 +151,7 @@ def coding(stack: Stack, sigma: float, delta: float):
     busy[0] = True
     try:
       coder = _LayerCoder(module, layer_context)
-      if kwargs.get('inverse', False):
-        out = _code_inverse(coder, stack, value, sigma, delta)
-      else:
-        out = _code_forward(coder, stack, value, sigma, delta)
+      out = _code(coder, stack, value, sigma, delta, bool(kwargs.get('inverse', False)))
     finally:
       busy[0] = False
     first = out[0] if isinstance(out, tuple) else out
