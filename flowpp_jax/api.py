@@ -4,6 +4,8 @@
   nats = model.log_prob(images, seed=0, num_iw_samples=64)   # uint8 [B, H, W, C] -> [B]
   images = model.sample(16, seed=0, temperature=1.0)         # uint8 [16, H, W, C]
   assert (model.decode(model.encode(images, seed=0)) == images).all()
+  data = model.compress(images)                               # bytes: a self-describing file
+  assert (model.decompress(data) == images).all()
 
 Everything uses the EMA parameters of the run's latest checkpoint (or of ``step``).
 """
@@ -35,6 +37,7 @@ class TrainedModel:
         {'params': params}, z, method=self.model.decode))
     self._samplers = {}
     self._replicated = None  # the params on every local device, made on first use
+    self._codec = None
 
   @property
   def image_shape(self) -> tuple:
@@ -91,6 +94,26 @@ class TrainedModel:
       raise ValueError(f'latents must be floating point, got {z.dtype}')
     self.model.check_latents(z)
     return np.asarray(self._decode(self.params, z.astype(np.float32)))
+
+  @property
+  def codec(self):
+    """The lossless coder of this model (flowpp_jax.compression.codec), made on first use."""
+    if self._codec is None:
+      from flowpp_jax.compression import codec  # pylint: disable=g-import-not-at-top
+      self._codec = codec.ImageCodec(self.config.model, self.params)
+    return self._codec
+
+  def compress(self, images, batch_size: int = 1, names=(), progress=None) -> bytes:
+    """images uint8 [N, H, W, C] -> the bytes of a compressed file (about the model's ELBO
+    in bits per image, plus initial bits that grow with ``batch_size``). ``names``: file
+    names to keep in the file; ``progress(done, total)`` is called after each batch."""
+    return self.codec.encode(images, batch_size, names, progress)
+
+  def decompress(self, data: bytes, ignore_environment: bool = False, progress=None):
+    """The bytes of ``compress`` -> exactly its images, uint8 [N, H, W, C]. Raises
+    CodecError (a ValueError) for another model's file, a damaged one, or another
+    environment (unless ``ignore_environment``; a checksum then refuses a wrong result)."""
+    return self.codec.decode(data, ignore_environment, progress)
 
   def _check_images(self, images):
     images = np.asarray(images)

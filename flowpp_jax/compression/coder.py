@@ -123,6 +123,17 @@ class Stack:
       k[fine] += self._coder.decode(constriction.stream.model.Uniform(), sizes)
     return k.reshape(shape)
 
+  def encode_uniform(self, k, bits: int) -> None:
+    """Pushes integers k (any shape) in [0, 2^bits), each at a cost of exactly ``bits``."""
+    k = np.asarray(k, np.int64).ravel()
+    self._coder.encode_reverse(k.astype(np.int32), constriction.stream.model.Uniform(1 << bits))
+
+  def decode_uniform(self, shape, bits: int) -> np.ndarray:
+    """Pops int64 [shape] in [0, 2^bits), as ``encode_uniform`` pushed them."""
+    size = int(np.prod(shape))
+    k = self._coder.decode(constriction.stream.model.Uniform(1 << bits), size)
+    return np.asarray(k, np.int64).reshape(shape)
+
 
 def seed_words(num_words: int, label: bytes = b'flowpp_jax bits-back seed') -> np.ndarray:
   """``num_words`` deterministic pseudo-random uint32 words (SHA-256 in counter mode), the

@@ -18,7 +18,7 @@ The model must be built with ``scan_layers=False`` and ``remat=False``: inside a
 layers see traced values, which cannot be coded. It must run eagerly (not under jit).
 """
 import contextlib
-from typing import Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -38,83 +38,134 @@ class GridError(ValueError):
   """A value between layers is too large for its grid to travel exactly as float32."""
 
 
-def _to_grid(value, delta) -> np.ndarray:
-  k = np.round(np.asarray(value, np.float64) / delta).astype(np.int64)
-  if np.any(np.abs(k) >= 1 << 24):
+def to_grid(value, delta) -> np.ndarray:
+  """Float values on the grid of step delta -> their int64 grid indices; GridError if some
+  value is not finite or too large to travel exactly as float32."""
+  value = np.asarray(value, np.float64)
+  if not np.all(np.abs(value) < (1 << 24) * delta):
     raise GridError(f'a value of {float(np.max(np.abs(value))):.4g} between two layers does '
                     f'not fit the coding grid (|value| < {(1 << 24) * delta:g})')
+  return np.round(value / delta).astype(np.int64)
   return k
 
 
-def _from_grid(k, delta):
+def from_grid(k, delta):
+  """int64 grid indices -> float32 values (exact)."""
   return jnp.asarray(np.asarray(k, np.float64) * delta, jnp.float32)
 
 
-class _LayerCoder:
-  """The coding of one call of one layer: its parts, f, f's slopes and f^{-1} on them."""
+# A Sigmoid's output (the dequantizer's u) must stay inside (0, 1) on its grid, so that x + u
+# stays in x's bin: its Gaussians' means are held EDGE_STEPS grid steps inside. With sigma <=
+# MAX_SIGMA no value is then popped outside: a Gaussian's std is at most sigma times the
+# distance to the edge in steps (or 1/16 step), and it is cut under 2 (RANGE std + 1) steps
+# from its mean. A u popped within EDGE_STEPS + 4 steps of an edge may come from any input
+# beyond logit(EDGE_STEPS * delta) (-7.6 for 2^-14 steps): the input is pushed back under
+# EDGE_STD there (inputs out to about +-48 fit its range).
+EDGE_STEPS = 16
+EDGE_STD = 4.0
+MAX_SIGMA = 1.0 / 32
 
-  def __init__(self, module, context):
-    self.free = module.clone(parent=None)
-    self.variables = module.variables
-    self.context = context
-    self.coupling = isinstance(module, _COUPLINGS)
-    self.linear = isinstance(module, bij.Pointwise)
 
-  def _call(self, x, inverse):
-    return self.free.apply(self.variables, x, self.context, inverse=inverse)[0]
+def _sigmoid_input_std(sigma, delta):
+  """The std of a Sigmoid's input given its output u: sigma, widened by up to a grid step of
+  u mapped back through the slope u (1 - u), which is small near 0 and 1; EDGE_STD at the
+  edges."""
+  def std(u):
+    steps = np.minimum(u, 1 - u) / delta
+    narrow = np.sqrt(sigma ** 2 + delta ** 2 / (3 * np.square(u * (1 - u))))
+    return np.where(steps <= EDGE_STEPS + 4, EDGE_STD, narrow)
+  return std
 
-  def split(self, x) -> Tuple[tuple, tuple]:
-    """(parts that pass unchanged, parts that are coded): x1 of a coupling passes."""
-    if self.coupling:
-      return (x[0],), (x[1],)
-    return (), (x if isinstance(x, tuple) else (x,))
 
-  def join(self, kept, coded, like):
-    if self.coupling:
-      return (kept[0], coded[0])
-    return tuple(coded) if isinstance(like, tuple) else coded[0]
+class Programs:
+  """The jitted programs of each layer's coding, compiled once per layer and input shape and
+  kept across ``coding`` blocks (encoder and decoder each run the same programs)."""
 
-  def weights(self, count):
-    """Pointwise's matrices W0 .. W{count-1}, one per part, float64."""
-    return [np.asarray(self.variables['params'][f'W{i}'], np.float64) for i in range(count)]
+  def __init__(self):
+    self._programs = {}
 
-  def through(self, like, kept, inverse):
-    """The layer on its coded parts (a tuple), the other parts held at ``kept``."""
-    def run(*parts):
-      return self.split(self._call(self.join(kept, parts, like), inverse))[1]
+  def get(self, module, tuple_input: bool, delta: float):
+    """(forward, inverse) of ``module``'s coded parts; see _LayerCoder."""
+    key = (module.scope.path, type(module).__name__, tuple_input, delta)
+    if key not in self._programs:
+      self._programs[key] = _build(module.clone(parent=None), tuple_input, delta)
+    return self._programs[key]
+
+
+def _split(coupling, x) -> Tuple[tuple, tuple]:
+  """(parts that pass unchanged, parts that are coded): x1 of a coupling passes."""
+  if coupling:
+    return (x[0],), (x[1],)
+  return (), (x if isinstance(x, tuple) else (x,))
+
+
+def _join(coupling, tuple_input, kept, coded):
+  if coupling:
+    return (kept[0], coded[0])
+  return tuple(coded) if tuple_input else coded[0]
+
+
+def _build(free, tuple_input, delta):
+  """Jitted programs of a layer (a module without parent) on its coded parts, the other parts
+  held at ``kept``:
+  forward(variables, kept, coded, context) -> (f of them, f's elementwise slopes), and
+  inverse(variables, kept, coded, context) -> f^{-1} of them."""
+  coupling = isinstance(free, _COUPLINGS)
+
+  def through(variables, kept, context, inverse):
+    def run(*coded):
+      out = free.apply(variables, _join(coupling, tuple_input, kept, coded), context,
+                       inverse=inverse)[0]
+      return _split(coupling, out)[1]
     return run
 
-  def with_slopes(self, like, kept):
-    """coded parts -> (f of them, f's elementwise slopes). The layer is elementwise in its
-    coded parts, so J^T 1 (one pullback of ones) is J's diagonal."""
-    run = self.through(like, kept, False)
+  def forward(variables, kept, coded, context):
+    # The layer is elementwise in its coded parts, so J^T 1 (one pullback of ones) is J's
+    # diagonal.
+    outs, pull = jax.vjp(through(variables, kept, context, False), *coded)
+    slopes = pull(tuple(jnp.ones_like(o) for o in outs))
+    if isinstance(free, bij.Sigmoid):
+      edge = EDGE_STEPS * delta
+      outs = tuple(jnp.clip(o, edge, 1.0 - edge) for o in outs)
+    return outs, slopes
 
-    def value_and_slope(coded):
-      outs, pull = jax.vjp(run, *coded)
-      return outs, pull(tuple(jnp.ones_like(o) for o in outs))
-    return value_and_slope
+  def inverse(variables, kept, coded, context):
+    return through(variables, kept, context, True)(*coded)
+
+  return jax.jit(forward), jax.jit(inverse)
 
 
-def _code(coder: _LayerCoder, stack: Stack, value, sigma, delta, inverse: bool):
-  """One layer call under coding: ``value`` is its input (forward) or its output (inverse);
-  returns the other side, on the grid."""
-  kept, coded = coder.split(value)
-  known = [_to_grid(p, delta) for p in coded]
-  if coder.linear:
+def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma, delta,
+          inverse: bool):
+  """One call of ``module`` under coding: ``value`` is its input (forward) or its output
+  (inverse); returns the other side, on the grid."""
+  coupling = isinstance(module, _COUPLINGS)
+  tuple_input = isinstance(value, tuple)
+  kept, coded = _split(coupling, value)
+  known = [to_grid(p, delta) for p in coded]
+  if isinstance(module, bij.Pointwise):
     step = lbb.decode_linear if inverse else lbb.encode_linear
-    weights = coder.weights(len(known))
+    weights = [np.asarray(module.variables['params'][f'W{i}'], np.float64)
+               for i in range(len(known))]
     other = [None] * len(known)
     # The inverse undoes the forward's parts last-first, as the stack needs.
     for i in (reversed(range(len(known))) if inverse else range(len(known))):
       other[i] = step(stack, known[i], weights[i], sigma=sigma, delta_in=delta,
                       delta_out=delta)
   else:
-    other = _elementwise(stack, known, coder.with_slopes(value, kept),
-                         coder.through(value, kept, True), sigma, delta, encode=not inverse)
-  return coder.join(kept, tuple(_from_grid(k, delta) for k in other), value)
+    input_std = None
+    if isinstance(module, bij.Sigmoid):
+      input_std = _sigmoid_input_std(sigma, delta)
+    forward, backward = programs.get(module, tuple_input, delta)
+    args = (module.variables, kept)
+    other = _elementwise(stack, known, lambda c: forward(*args, c, layer_context),
+                         lambda c: backward(*args, c, layer_context), sigma, delta,
+                         input_std, encode=not inverse)
+  return _join(coupling, tuple_input, kept, tuple(from_grid(k, delta) for k in other))
 
 
-def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, *, encode):
+def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, input_std, *,
+                 encode):
   """The coded parts of an elementwise layer (grid int64 arrays), coded as one array through
   ``lbb``: its forward step (encode) or inverse step."""
   shapes = [k.shape for k in k_parts]
@@ -128,18 +179,22 @@ def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, *, encod
     return flat(outs), flat(slopes)
 
   def inverse(v):
-    return flat(inverse_of(*unflat(v)))
+    return flat(inverse_of(unflat(v)))
 
   step = lbb.encode_elementwise if encode else lbb.decode_elementwise
   out = step(stack, np.concatenate([k.ravel() for k in k_parts]), forward, inverse,
-             sigma=sigma, delta_in=delta, delta_out=delta)
+             sigma=sigma, delta_in=delta, delta_out=delta, input_std=input_std)
   return [out[a:b].reshape(s) for a, b, s in zip(sizes[:-1], sizes[1:], shapes)]
 
 
 @contextlib.contextmanager
-def coding(stack: Stack, sigma: float, delta: float):
+def coding(stack: Stack, sigma: float, delta: float, programs: Optional[Programs] = None):
   """Within it, the coded layers of any flax flow code on ``stack`` (see the module's
-  docstring); ``sigma`` is the local Gaussians' scale and ``delta`` the grid step."""
+  docstring); ``sigma`` is the local Gaussians' scale and ``delta`` the grid step. Pass the
+  same ``programs`` to later blocks to reuse their compiled layers."""
+  if not sigma <= MAX_SIGMA:
+    raise ValueError(f'sigma must be <= {MAX_SIGMA}, got {sigma}')
+  programs = Programs() if programs is None else programs
   busy = [False]  # the layer's own calls inside the coding run as they are
 
   def interceptor(next_fun, args, kwargs, context):
@@ -150,8 +205,8 @@ def coding(stack: Stack, sigma: float, delta: float):
     layer_context = args[1] if len(args) > 1 else kwargs.get('context')
     busy[0] = True
     try:
-      coder = _LayerCoder(module, layer_context)
-      out = _code(coder, stack, value, sigma, delta, bool(kwargs.get('inverse', False)))
+      out = _code(module, programs, stack, value, layer_context, sigma, delta,
+                  bool(kwargs.get('inverse', False)))
     finally:
       busy[0] = False
     first = out[0] if isinstance(out, tuple) else out

@@ -19,7 +19,7 @@ Two Jacobian shapes are coded here:
   C x C matrix W, y coded channel by channel under the Gaussian's conditionals.
 Values are int64 grid indices; the functions given take and return float64 values.
 """
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -32,31 +32,44 @@ INPUT_RANGE = 2.5 * RANGE
 
 Elementwise = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]  # x -> (f(x), f'(x))
 Inverse = Callable[[np.ndarray], np.ndarray]  # y -> f^{-1}(y)
+InputStd = Callable[[np.ndarray], np.ndarray]  # y -> std of x given y, or None: sigma
 
 
 def encode_elementwise(stack: Stack, x_k, forward: Elementwise, inverse: Inverse, *,
-                       sigma: float, delta_in: float, delta_out: float) -> np.ndarray:
+                       sigma: float, delta_in: float, delta_out: float,
+                       input_std: Optional[InputStd] = None) -> np.ndarray:
   """x on the grid delta_in (int64, any shape) -> y on the grid delta_out (int64, same shape),
-  coding x into ``stack`` at the cost of the layer's log-det."""
+  coding x into ``stack`` at the cost of the layer's log-det. ``input_std(y)``, if given,
+  replaces sigma as the std of x given y (a layer whose slope can fall so low that y's grid
+  step, mapped back, is not small against sigma)."""
   x_k = np.asarray(x_k, np.int64)
   y, slope = forward(x_k * delta_in)
   y_k = stack.decode(np.asarray(y, np.float64) / delta_out,
                      sigma * np.abs(np.asarray(slope, np.float64)) / delta_out)
   x_mean = np.asarray(inverse(y_k * delta_out), np.float64)
-  stack.encode(x_k, x_mean / delta_in, np.full(x_k.shape, sigma / delta_in), INPUT_RANGE)
+  stack.encode(x_k, x_mean / delta_in, _input_std(y_k, delta_out, sigma, input_std) / delta_in,
+               INPUT_RANGE)
   return y_k
 
 
 def decode_elementwise(stack: Stack, y_k, forward: Elementwise, inverse: Inverse, *,
-                       sigma: float, delta_in: float, delta_out: float) -> np.ndarray:
+                       sigma: float, delta_in: float, delta_out: float,
+                       input_std: Optional[InputStd] = None) -> np.ndarray:
   """Undoes ``encode_elementwise``: y (int64 on delta_out) -> x (int64 on delta_in)."""
   y_k = np.asarray(y_k, np.int64)
   x_mean = np.asarray(inverse(y_k * delta_out), np.float64)
-  x_k = stack.decode(x_mean / delta_in, np.full(y_k.shape, sigma / delta_in), INPUT_RANGE)
+  x_k = stack.decode(x_mean / delta_in, _input_std(y_k, delta_out, sigma, input_std) / delta_in,
+                     INPUT_RANGE)
   y, slope = forward(x_k * delta_in)
   stack.encode(y_k, np.asarray(y, np.float64) / delta_out,
                sigma * np.abs(np.asarray(slope, np.float64)) / delta_out)
   return x_k
+
+
+def _input_std(y_k, delta_out, sigma, input_std):
+  if input_std is None:
+    return np.full(y_k.shape, sigma)
+  return np.asarray(input_std(y_k * delta_out), np.float64)
 
 
 def _conditionals(weight: np.ndarray, sigma: float):
