@@ -92,4 +92,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  compress.define_flags()
   cli.run(main, required='workdir')

@@ -19,14 +19,21 @@ from PIL import Image
 
 from flowpp_jax.runtime import cli
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a training run or an import.')
-_STEP = flags.DEFINE_integer('step', None, 'The checkpoint to use (default: the latest).')
-_BATCH = flags.DEFINE_integer(
-    'batch_size', 1, 'encode: images coded together. Larger batches run faster per image but '
-    'start with more initial bits (about 30 bits per pixel value of a batch).')
-_IGNORE_ENV = flags.DEFINE_bool(
-    'ignore_environment', False, 'decode: try even where jax, jaxlib or the CPU differ from '
-    'the encoder\'s (a checksum of the images refuses a wrong result).')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: other modules import this one (its image
+  readers) beside flowpp_jax.main, which has a --workdir of its own."""
+  flags.DEFINE_string('workdir', None, 'The --workdir of a training run or an import.')
+  flags.DEFINE_integer('step', None, 'The checkpoint to use (default: the latest).')
+  flags.DEFINE_integer(
+      'batch_size', 1, 'encode: images coded together. Larger batches run faster per image '
+      'but start with more initial bits (about 24 bits per pixel value of a batch).')
+  flags.DEFINE_bool(
+      'ignore_environment', False, 'decode: try even where jax, jaxlib or the CPU differ '
+      'from the encoder\'s (a checksum of the images refuses a wrong result).')
+
 
 USAGE = ('usage: python -m flowpp_jax.compress --workdir=DIR encode IMAGES OUT | '
          'decode IN IMAGES_OUT')
@@ -107,11 +114,11 @@ def main(argv):
   from flowpp_jax import api  # pylint: disable=g-import-not-at-top
   from flowpp_jax.compression import codec as codec_lib  # pylint: disable=g-import-not-at-top
   try:
-    model = api.load(_WORKDIR.value, _STEP.value)
+    model = api.load(FLAGS.workdir, FLAGS.step)
     start = time.perf_counter()
     if command == 'encode':
       images, names = read_images(source, model.image_shape)
-      data = model.compress(images, batch_size=_BATCH.value, names=names,
+      data = model.compress(images, batch_size=FLAGS.batch_size, names=names,
                             progress=codec_lib.Progress('encoded', _say))
       partial = f'{target}.partial'
       with open(partial, 'wb') as f:
@@ -126,8 +133,8 @@ def main(argv):
     else:
       with open(source, 'rb') as f:
         data = f.read()
-      header = model.codec.read_header(data, _IGNORE_ENV.value)
-      images = model.decompress(data, ignore_environment=_IGNORE_ENV.value,
+      header = model.codec.read_header(data, FLAGS.ignore_environment)
+      images = model.decompress(data, ignore_environment=FLAGS.ignore_environment,
                                 progress=codec_lib.Progress('decoded', _say))
       write_images(target, images, header.names)
       _say(f'decoded {len(images)} images into {target} in '
@@ -137,4 +144,5 @@ def main(argv):
 
 
 def run() -> None:
+  define_flags()
   cli.run(main, required='workdir')
