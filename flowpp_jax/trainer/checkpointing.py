@@ -32,11 +32,24 @@ def model_signature(model_cfg) -> dict:
   return json.loads(model_cfg.to_json())
 
 
-def _silence_failed_reads() -> None:
-  """After a failed read: the unretrieved exceptions of its other in-flight reads are logged by
-  asyncio when their tasks are collected, later (at exit, as tracebacks); the one
-  CheckpointError already says what happened."""
-  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+class _UnretrievedReadErrors(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" while a checkpoint is being read and
+  after a read has failed. A failed read leaves orbax's other in-flight reads unretrieved, and
+  asyncio logs each (a traceback) whenever its task is collected: before the read's exception
+  reaches us as often as after it. The one CheckpointError already says what happened."""
+
+  def __init__(self):
+    super().__init__()
+    self.reading = 0
+    self.failed = False
+
+  def filter(self, record) -> bool:
+    return not ((self.reading or self.failed)
+                and str(record.msg).startswith('Task exception was never retrieved'))
+
+
+_read_errors = _UnretrievedReadErrors()
+logging.getLogger('asyncio').addFilter(_read_errors)
 
 
 def _drop_closed_loop_callbacks(unraisable, fallback) -> None:
@@ -104,11 +117,14 @@ class Checkpoints:
   def _reading(self, step: int):
     """Turns any failure of a read of ``step`` into one CheckpointError (orbax raises many
     types for a damaged directory)."""
+    _read_errors.reading += 1
     try:
       yield
     except Exception as e:
-      _silence_failed_reads()
+      _read_errors.failed = True
       raise self._unreadable(step, e) from e
+    finally:
+      _read_errors.reading -= 1
 
   def read_meta(self, step: int) -> dict:
     with self._reading(step):
