@@ -118,9 +118,7 @@ class TrainedModel:
   def _check_images(self, images):
     images = np.asarray(images)
     self.model.check_images(images)
-    if images.max(initial=0) >= self.config.model.num_levels:
-      raise ValueError(f'image values must be < num_levels = {self.config.model.num_levels}, '
-                       f'got {images.max()}')
+    self.model.check_values(images)
     return images
 
 

@@ -94,6 +94,12 @@ class FlowPlusPlus(nn.Module):
       raise ValueError(f'images must have shape [B, {", ".join(map(str, shape))}], '
                        f'got {list(x.shape)}')
 
+  def check_values(self, x):
+    """Raises ValueError unless the values of concrete images x are below num_levels."""
+    if np.size(x) and np.max(x) >= self.config.num_levels:
+      raise ValueError(f'image values must be < num_levels = {self.config.num_levels}, got '
+                       f'{np.max(x)}')
+
   @property
   def latent_shape(self) -> tuple:
     """[H, W, C] of z: the image shape after the main flow's squeezes."""

@@ -12,7 +12,7 @@ mirror image in reverse batch order and ends with the stack back at its seed.
 The initial bits: the first batch pops eps before anything is pushed, so the stack starts from
 ``seed_words`` (SHA-256, SEED_WORDS_PER_DIM words per dimension of a batch). The words at its
 bottom that coding never touched are not stored: the decoder regenerates them. What is stored
-of the seed is the one-time cost, about 30 bits per dimension of one batch.
+of the seed is the one-time cost, about 24 bits per dimension of one batch.
 
 The model runs as ``scan_layers=False``, ``remat=False`` on the CPU backend in float32, layer
 by layer (jitted per layer), with the same batch shapes on both sides; the file records jax,
@@ -251,17 +251,13 @@ class ImageCodec:
 
   def check_images(self, images) -> np.ndarray:
     images = np.asarray(images)
-    shape = self.image_shape
-    if images.dtype != np.uint8:
-      raise CodecError(f'images must be uint8, got {images.dtype}')
-    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
-      raise CodecError(f'images must have shape [N, {", ".join(map(str, shape))}] (the '
-                       f'model\'s), got {list(images.shape)}')
+    try:
+      self.model.check_images(images)
+      self.model.check_values(images)
+    except ValueError as e:
+      raise CodecError(str(e)) from None
     if len(images) == 0:
       raise CodecError('no images to compress')
-    if images.max() >= self.config.num_levels:
-      raise CodecError(f'image values must be < num_levels = {self.config.num_levels}, got '
-                       f'{images.max()}')
     return images
 
   def encode(self, images, batch_size: int = 1, names=(),
@@ -299,6 +295,10 @@ class ImageCodec:
 
   def read_header(self, data: bytes, ignore_environment: bool = False) -> Header:
     """The header of a file this model can decode here; CodecError says why it cannot."""
+    return self._open(data, ignore_environment)[0]
+
+  def _open(self, data: bytes, ignore_environment: bool):
+    """-> (Header, the payload's words uint32) of a file this model can decode here."""
     data = bytes(data)
     header, at = Header.unpack(data)
     if len(data) < at + DIGEST or (len(data) - at - DIGEST) % 4:
@@ -318,15 +318,12 @@ class ImageCodec:
                        f'({environment()}): decoding is bit-exact only in the same jax, jaxlib '
                        'and CPU; decode it there, or pass --ignore_environment to try (a '
                        'checksum catches a wrong result)')
-    return header
+    return header, np.frombuffer(data[at:-DIGEST], '<u4').astype(np.uint32)
 
   def decode(self, data: bytes, ignore_environment: bool = False,
              progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """The compressed file's bytes -> uint8 [N, H, W, C], exactly the images encoded."""
-    data = bytes(data)
-    header = self.read_header(data, ignore_environment)
-    _, at = Header.unpack(data)
-    payload = np.frombuffer(data[at:-DIGEST], '<u4').astype(np.uint32)
+    header, payload = self._open(data, ignore_environment)
     seed = seed_words(_seed_size(header.count, header.batch_size, self.image_shape))
     stack = Stack(np.concatenate([seed[:header.seed_prefix], payload]))
     out = np.empty((header.count, *self.image_shape), np.uint8)
