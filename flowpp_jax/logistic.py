@@ -94,8 +94,9 @@ def mixlogistic_invlogit_cdf(target, logits, means, log_scales):
   return _bisect(target, logits, means, log_scales)
 
 
-@jax.jit
-def _bisect(target, logits, means, log_scales):
+def _bracket(target, logits, means, log_scales):
+  """The arguments in their common float dtype, and [lo, hi] holding the root of
+  logit F(x) = target (see mixlogistic_invlogit_cdf)."""
   dtype = _float_dtype(target, logits, means, log_scales)
   target, logits, means, log_scales = (
       jnp.asarray(a, dtype) for a in (target, logits, means, log_scales))
@@ -104,7 +105,15 @@ def _bisect(target, logits, means, log_scales):
   # Widen by a few ulps so that rounding in `ends` cannot exclude the root.
   finfo = jnp.finfo(dtype)
   pad = 4 * finfo.eps * jnp.maximum(jnp.abs(lo), jnp.abs(hi)) + finfo.tiny
-  keys = (_to_ordered(lo - pad), _to_ordered(hi + pad))
+  return (target, logits, means, log_scales), (lo - pad, hi + pad)
+
+
+@jax.jit
+def _bisect(target, logits, means, log_scales):
+  (target, logits, means, log_scales), (lo, hi) = _bracket(target, logits, means, log_scales)
+  dtype = target.dtype
+  finfo = jnp.finfo(dtype)
+  keys = (_to_ordered(lo), _to_ordered(hi))
 
   def halve(_, keys):
     lo_key, hi_key = keys
@@ -116,6 +125,57 @@ def _bisect(target, logits, means, log_scales):
 
   _, hi_key = lax.fori_loop(0, finfo.bits, halve, keys)
   return _from_ordered(hi_key, dtype)
+
+
+NEWTON_TOLERANCE = 2.0 ** -20  # relative: the last step is below this times 1 + |x|
+NEWTON_MAX_STEPS = 64
+
+
+def mixlogistic_invlogit_cdf_newton(target, logits, means, log_scales):
+  """Solves logit F(x) = target for x by safeguarded Newton steps: about 5x fewer mixture
+  evaluations than the bisection, to a tolerance rather than to the last ulp. Shapes as
+  mixlogistic_invlogit_cdf.
+
+  From the mixture-weighted mean of the components' roots, each step is Newton's on logit F
+  (slope f / (F (1 - F))) unless it would leave the bracket that the signs seen so far keep
+  (that of mixlogistic_invlogit_cdf), where it bisects instead. Steps stop when every
+  element's last step is below NEWTON_TOLERANCE (1 + |x|), or after NEWTON_MAX_STEPS. The
+  count depends on the whole input, so the same inputs give the same bits: the local
+  bits-back coder's inverse needs exactly that, and an error far below its Gaussians' scale.
+  Not differentiable.
+  """
+  return _newton(target, logits, means, log_scales)
+
+
+@jax.jit
+def _newton(target, logits, means, log_scales):
+  (target, logits, means, log_scales), (lo, hi) = _bracket(target, logits, means, log_scales)
+  log_w = _log_weights(logits)
+  start = jnp.sum(jnp.exp(log_w) * (means + jnp.exp(log_scales) * target[..., None]), -1)
+
+  def residual_and_slope(x):
+    z = _standardise(x, means, log_scales)
+    log_cdf_k, log_sf_k = jax.nn.log_sigmoid(z), jax.nn.log_sigmoid(-z)
+    log_cdf = jax.nn.logsumexp(log_w + log_cdf_k, axis=-1)
+    log_sf = jax.nn.logsumexp(log_w + log_sf_k, axis=-1)
+    log_pdf = jax.nn.logsumexp(log_w + log_cdf_k + log_sf_k - log_scales, axis=-1)
+    return log_cdf - log_sf - target, jnp.exp(log_pdf - log_cdf - log_sf)
+
+  def step(state):
+    count, x, lo, hi, _ = state
+    residual, slope = residual_and_slope(x)
+    below = residual < 0  # the root lies above x
+    lo, hi = jnp.where(below, x, lo), jnp.where(below, hi, x)
+    newton = x - residual / slope
+    new = jnp.where((newton >= lo) & (newton <= hi), newton, 0.5 * lo + 0.5 * hi)
+    return count + 1, new, lo, hi, jnp.max(jnp.abs(new - x) / (1 + jnp.abs(new)))
+
+  def unfinished(state):
+    count, *_, last = state
+    return (count < NEWTON_MAX_STEPS) & (last > NEWTON_TOLERANCE)
+
+  state = (0, start, lo, hi, jnp.array(jnp.inf, target.dtype))
+  return lax.while_loop(unfinished, step, state)[1]
 
 
 @mixlogistic_invlogit_cdf.defjvp

@@ -30,7 +30,9 @@ from scipy import integrate, special, stats
 
 from flowpp_jax.logistic import (
     mixlogistic_invcdf,
+    NEWTON_TOLERANCE,
     mixlogistic_invlogit_cdf,
+    mixlogistic_invlogit_cdf_newton,
     mixlogistic_logcdf,
     mixlogistic_logit_cdf,
     mixlogistic_logpdf,
@@ -332,6 +334,31 @@ def test_invlogit_returns_smallest_float_reaching_target(extreme):
   assert np.all(at_prev < target + slack), np.max(at_prev - target)
   # In practice exactly, with no slack at all, nearly everywhere.
   assert np.mean((at_x >= target) & (at_prev < target)) > 0.95
+
+
+@pytest.mark.parametrize('extreme', [False, True])
+def test_newton_inverse_agrees_with_the_bisection(extreme):
+  """The compression coder's solve: within its tolerance of the bisection's root (plus the
+  root's own float32 uncertainty where logit F is flat), out to the tails and the clamp."""
+  rng = np.random.default_rng(20 + extreme)
+  if extreme:
+    params, target = _extreme_params(rng), rng.normal(0.0, 40.0, N)
+  else:
+    params, target = _moderate_params(rng), rng.normal(0.0, 3.0, N)
+  target[:3] = [0.0, 60.0, -60.0]
+  target, logits, means, log_scales = _f32(target, *params)
+  x_bisect = np.asarray(_invlogit(target, logits, means, log_scales), np.float64)
+  x_newton = np.asarray(mixlogistic_invlogit_cdf_newton(target, logits, means, log_scales),
+                        np.float64)
+  chex.assert_tree_all_finite(x_newton)
+  ref = _ref_logs(x_bisect, logits, means, log_scales)
+  bound = (2 * NEWTON_TOLERANCE * (1.0 + np.abs(x_bisect))
+           + 2 * _logit_roundtrip_bound(x_bisect, ref, EPS32))
+  err = np.abs(x_newton - x_bisect)
+  assert np.all(err <= bound), np.max(err / bound)
+  # Same inputs, same bits: the coder's encoder and decoder rely on it.
+  again = mixlogistic_invlogit_cdf_newton(target, logits, means, log_scales)
+  np.testing.assert_array_equal(np.asarray(again), x_newton.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------
