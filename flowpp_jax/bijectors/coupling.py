@@ -31,21 +31,36 @@ class MixLogisticCoupling(Bijector):
   @nn.compact
   def __call__(self, x, context=None, *, inverse=False, deterministic=True):
     x1, x2 = x
-    h = self.net(x1, context, num_outputs=2 + 3 * self.components,
-                 deterministic=deterministic).astype(at_least_float32(x2.dtype))
-    s, t = jnp.tanh(h[..., 0]), h[..., 1]
-    logits, means, log_scales = jnp.split(h[..., 2:], 3, axis=-1)
-    mix = (logits, means, jnp.maximum(log_scales, MIN_LOG_SCALE))
-    if inverse:
-      # From here on x2 is the untransformed side in both directions; the log-det is
-      # evaluated there, and ``out`` is what this call returns.
-      out = x2 = logistic.mixlogistic_invlogit_cdf((x2 - t) * jnp.exp(-s), *mix)
-    else:
-      out = jnp.exp(s) * logistic.mixlogistic_logit_cdf(x2, *mix) + t
+    params = self.elementwise_params(x1, context, deterministic, at_least_float32(x2.dtype))
+    out = self.transform(x2, params, inverse)
+    # The log-det is evaluated on the untransformed side in both directions.
+    x2 = out if inverse else x2
+    s, _, mix = params
     log_det = (logistic.mixlogistic_logpdf(x2, *mix) - logistic.mixlogistic_logcdf(x2, *mix)
                - logistic.mixlogistic_logsf(x2, *mix) + s)
     log_det = sum_per_example(log_det)
     return (x1, out), (-log_det if inverse else log_det)
+
+  def elementwise_params(self, x1, context=None, deterministic=True, dtype=jnp.float32):
+    """The bijection of x2 that x1 selects: (s, t, (logits, means, log_scales)), [B, H, W, C]
+    and [B, H, W, C, K] arrays of ``dtype``."""
+    h = self.net(x1, context, num_outputs=2 + 3 * self.components,
+                 deterministic=deterministic).astype(dtype)
+    logits, means, log_scales = jnp.split(h[..., 2:], 3, axis=-1)
+    return (jnp.tanh(h[..., 0]), h[..., 1],
+            (logits, means, jnp.maximum(log_scales, MIN_LOG_SCALE)))
+
+  @staticmethod
+  def transform(x2, params, inverse=False, exact=True):
+    """y2 from x2 (or x2 from y2, ``inverse``) under ``elementwise_params``. ``exact=False``:
+    the inverse solves by Newton's method to 2^-20 instead of bisecting to the last ulp, about
+    2x faster (the compression coder's inverse)."""
+    s, t, mix = params
+    if inverse:
+      solve = (logistic.mixlogistic_invlogit_cdf if exact
+               else logistic.mixlogistic_invlogit_cdf_newton)
+      return solve((x2 - t) * jnp.exp(-s), *mix)
+    return jnp.exp(s) * logistic.mixlogistic_logit_cdf(x2, *mix) + t
 
 
 class AffineCoupling(Bijector):
@@ -58,9 +73,20 @@ class AffineCoupling(Bijector):
   @nn.compact
   def __call__(self, x, context=None, *, inverse=False, deterministic=True):
     x1, x2 = x
-    h = self.net(x1, context, num_outputs=2, deterministic=deterministic)
-    h = h.astype(at_least_float32(x2.dtype))
-    s, t = jnp.tanh(h[..., 0]), h[..., 1]
+    params = self.elementwise_params(x1, context, deterministic, at_least_float32(x2.dtype))
+    log_det = sum_per_example(params[0])
+    return (x1, self.transform(x2, params, inverse)), (-log_det if inverse else log_det)
+
+  def elementwise_params(self, x1, context=None, deterministic=True, dtype=jnp.float32):
+    """(s, t), [B, H, W, C] arrays of ``dtype``: the affine map of x2 that x1 selects."""
+    h = self.net(x1, context, num_outputs=2, deterministic=deterministic).astype(dtype)
+    return jnp.tanh(h[..., 0]), h[..., 1]
+
+  @staticmethod
+  def transform(x2, params, inverse=False, exact=True):
+    """y2 from x2 (or x2 from y2, ``inverse``); closed form both ways, so ``exact`` is moot."""
+    del exact
+    s, t = params
     if inverse:
-      return (x1, (x2 - t) * jnp.exp(-s)), -sum_per_example(s)
-    return (x1, x2 * jnp.exp(s) + t), sum_per_example(s)
+      return (x2 - t) * jnp.exp(-s)
+    return x2 * jnp.exp(s) + t
