@@ -7,6 +7,7 @@ value on ``stack`` instead of computing it:
   pushes x under N(f^{-1}(y), sigma^2 I), and returns y;
 - an inverse call, whose output y is known, pops x under N(f^{-1}(y), sigma^2 I), pushes y
   under N(f(x), sigma^2 J J^T), and returns x.
+(sigma is the layer's own: ``layer_sigma``.)
 So running a flow forward under ``coding`` codes its input at the cost of -log2 |det J| (plus
 the grids' terms), and running it inverse undoes exactly that. Splits, squeezes and flips are
 permutations of grid values and run as they are. Every value that passes between layers is on
@@ -46,7 +47,6 @@ def to_grid(value, delta) -> np.ndarray:
     raise GridError(f'a value of {float(np.max(np.abs(value))):.4g} between two layers does '
                     f'not fit the coding grid (|value| < {(1 << 24) * delta:g})')
   return np.round(value / delta).astype(np.int64)
-  return k
 
 
 def from_grid(k, delta):
@@ -60,10 +60,27 @@ def from_grid(k, delta):
 # distance to the edge in steps (or 1/16 step), and it is cut under 2 (RANGE std + 1) steps
 # from its mean. A u popped within EDGE_STEPS + 4 steps of an edge may come from any input
 # beyond logit(EDGE_STEPS * delta) (-7.6 for 2^-14 steps): the input is pushed back under
-# EDGE_STD there (inputs out to about +-48 fit its range).
+# EDGE_STD there (inputs out to about +-48 fit its range). MAX_SIGMA bounds the Sigmoid's own
+# sigma (``layer_sigma``).
 EDGE_STEPS = 16
 EDGE_STD = 4.0
 MAX_SIGMA = 1.0 / 32
+
+
+SIGMOID_SLOPE = 0.25  # the Sigmoid's slope at its centre, u = 1/2
+
+
+def layer_sigma(module, sigma: float) -> float:
+  """The std of a layer's input Gaussians: ``sigma`` in the units of its output at its centre.
+  Logit preprocessing (pixels to logits, slope at least 4 (1 - 2 alpha) / num_levels) and the
+  Sigmoid (slope at most 1/4) change units; with sigma in their inputs' units their outputs'
+  Gaussians would be a grid step or less wide (0.25% of CIFAR-10's bits for the logit
+  layer). The other layers keep their values near unit scale and take sigma."""
+  if isinstance(module, bij.LogitPreprocess):
+    return sigma * module.num_levels / (4 * (1 - 2 * module.alpha))
+  if isinstance(module, bij.Sigmoid):
+    return sigma / SIGMOID_SLOPE
+  return sigma
 
 
 def _sigmoid_input_std(sigma, delta):
@@ -85,7 +102,7 @@ class Programs:
     self._programs = {}
 
   def get(self, module, tuple_input: bool, delta: float):
-    """(forward, inverse) of ``module``'s coded parts; see _LayerCoder."""
+    """(prepare, forward, inverse) of ``module``'s coded parts; see _build."""
     key = (module.scope.path, type(module).__name__, tuple_input, delta)
     if key not in self._programs:
       self._programs[key] = _build(module.clone(parent=None), tuple_input, delta)
@@ -107,32 +124,40 @@ def _join(coupling, tuple_input, kept, coded):
 
 def _build(free, tuple_input, delta):
   """Jitted programs of a layer (a module without parent) on its coded parts, the other parts
-  held at ``kept``:
-  forward(variables, kept, coded, context) -> (f of them, f's elementwise slopes), and
-  inverse(variables, kept, coded, context) -> f^{-1} of them."""
-  coupling = isinstance(free, _COUPLINGS)
+  held at ``kept``: prepare(variables, kept, context) -> what the layer's map depends on
+  (a coupling's elementwise parameters, computed once per call: its conditioner is most of
+  its cost), then forward(prepared, coded) -> (f of them, f's elementwise slopes) and
+  inverse(prepared, coded) -> f^{-1} of them."""
+  if isinstance(free, _COUPLINGS):
+    prepare = jax.jit(lambda variables, kept, context: free.apply(
+        variables, kept[0], context, method='elementwise_params'))
 
-  def through(variables, kept, context, inverse):
-    def run(*coded):
-      out = free.apply(variables, _join(coupling, tuple_input, kept, coded), context,
-                       inverse=inverse)[0]
-      return _split(coupling, out)[1]
-    return run
+    def through(params, inverse):
+      # The coder's inverse needs the same bits on both sides, not the last ulp.
+      return lambda x2: (free.transform(x2, params, inverse, exact=False),)
+  else:
+    def prepare(variables, kept, context):
+      return variables, kept, context
 
-  def forward(variables, kept, coded, context):
+    def through(prepared, inverse):
+      variables, kept, context = prepared
+      return lambda *coded: _split(False, free.apply(
+          variables, _join(False, tuple_input, kept, coded), context, inverse=inverse)[0])[1]
+
+  def forward(prepared, coded):
     # The layer is elementwise in its coded parts, so J^T 1 (one pullback of ones) is J's
     # diagonal.
-    outs, pull = jax.vjp(through(variables, kept, context, False), *coded)
+    outs, pull = jax.vjp(through(prepared, False), *coded)
     slopes = pull(tuple(jnp.ones_like(o) for o in outs))
     if isinstance(free, bij.Sigmoid):
       edge = EDGE_STEPS * delta
       outs = tuple(jnp.clip(o, edge, 1.0 - edge) for o in outs)
     return outs, slopes
 
-  def inverse(variables, kept, coded, context):
-    return through(variables, kept, context, True)(*coded)
+  def inverse(prepared, coded):
+    return through(prepared, True)(*coded)
 
-  return jax.jit(forward), jax.jit(inverse)
+  return prepare, jax.jit(forward), jax.jit(inverse)
 
 
 def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma, delta,
@@ -143,6 +168,7 @@ def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma,
   tuple_input = isinstance(value, tuple)
   kept, coded = _split(coupling, value)
   known = [to_grid(p, delta) for p in coded]
+  sigma = layer_sigma(module, sigma)
   if isinstance(module, bij.Pointwise):
     step = lbb.decode_linear if inverse else lbb.encode_linear
     weights = [np.asarray(module.variables['params'][f'W{i}'], np.float64)
@@ -156,11 +182,11 @@ def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma,
     input_std = None
     if isinstance(module, bij.Sigmoid):
       input_std = _sigmoid_input_std(sigma, delta)
-    forward, backward = programs.get(module, tuple_input, delta)
-    args = (module.variables, kept)
-    other = _elementwise(stack, known, lambda c: forward(*args, c, layer_context),
-                         lambda c: backward(*args, c, layer_context), sigma, delta,
-                         input_std, encode=not inverse)
+    prepare, forward, backward = programs.get(module, tuple_input, delta)
+    prepared = prepare(module.variables, kept, layer_context)
+    other = _elementwise(stack, known, lambda c: forward(prepared, c),
+                         lambda c: backward(prepared, c), sigma, delta, input_std,
+                         encode=not inverse)
   return _join(coupling, tuple_input, kept, tuple(from_grid(k, delta) for k in other))
 
 
@@ -192,8 +218,8 @@ def coding(stack: Stack, sigma: float, delta: float, programs: Optional[Programs
   """Within it, the coded layers of any flax flow code on ``stack`` (see the module's
   docstring); ``sigma`` is the local Gaussians' scale and ``delta`` the grid step. Pass the
   same ``programs`` to later blocks to reuse their compiled layers."""
-  if not sigma <= MAX_SIGMA:
-    raise ValueError(f'sigma must be <= {MAX_SIGMA}, got {sigma}')
+  if not sigma <= MAX_SIGMA * SIGMOID_SLOPE:
+    raise ValueError(f'sigma must be <= {MAX_SIGMA * SIGMOID_SLOPE}, got {sigma}')
   programs = Programs() if programs is None else programs
   busy = [False]  # the layer's own calls inside the coding run as they are
 
