@@ -190,7 +190,12 @@ class ImageCodec:
     with jax.default_device(self._cpu):
       self._context = jax.jit(lambda p, x: self.model.apply(
           {'params': p}, x, method=lambda m, x: m.dequantizer.context(x)))
+      self._log_px = jax.jit(lambda p, y: self.model.apply(
+          {'params': p}, y, method=FlowPlusPlus.log_density))
+      self._log_qu = jax.jit(lambda p, x, e: self.model.apply(
+          {'params': p}, x, e, method=lambda m, x, e: m.dequantizer.from_noise(x, e))[1])
     self.last_report = None  # what the latest encode measured (see encode)
+    self.ledger = None  # a list: each coded layer call appends a flow_coding.LayerCall
 
   @property
   def image_shape(self) -> tuple:
@@ -204,13 +209,13 @@ class ImageCodec:
   def _dequant_flow(self, stack, value, x, inverse):
     context = self._context(self.params, jnp.asarray(x, jnp.float32))
     flow = lambda m, v, c: m.dequantizer.flow(v, c, inverse=inverse)[0]
-    with flow_coding.coding(stack, self.sigma, DELTA, self._programs):
+    with flow_coding.coding(stack, self.sigma, DELTA, self._programs, self.ledger):
       return flow_coding.to_grid(self._run(flow, flow_coding.from_grid(value, DELTA), context),
                                  DELTA)
 
   def _main_flow(self, stack, value, inverse):
     flow = lambda m, v: m.main_flow(v, inverse=inverse)[0]
-    with flow_coding.coding(stack, self.sigma, DELTA, self._programs):
+    with flow_coding.coding(stack, self.sigma, DELTA, self._programs, self.ledger):
       return flow_coding.to_grid(self._run(flow, flow_coding.from_grid(value, DELTA)), DELTA)
 
   def encode_batch(self, stack: Stack, x: np.ndarray):
@@ -229,6 +234,20 @@ class ImageCodec:
     z = self._main_flow(stack, y, inverse=False)
     stack.encode(z, np.zeros(z.shape), np.full(z.shape, 1.0 / DELTA), LATENT_RANGE)
     return u, eps
+
+  def elbo_bits(self, x: np.ndarray, u: np.ndarray, eps) -> np.ndarray:
+    """The model's -log2 p(x + u) + log2 q(u | x) [B] in bits, without coding, at the noise
+    that ``encode_batch`` returned for images x uint8 [B, H, W, C]: what coding them should
+    cost."""
+    with jax.default_device(self._cpu):
+      xf = jnp.asarray(x, jnp.float32)
+      log_px = np.asarray(self._log_px(self.params, xf + flow_coding.from_grid(u, DELTA)),
+                          np.float64)
+      log_qu = 0.0
+      if self.variational:
+        log_qu = np.asarray(self._log_qu(self.params, xf, flow_coding.from_grid(eps, DELTA)),
+                            np.float64)
+    return (log_qu - log_px) / np.log(2)
 
   def decode_batch(self, stack: Stack, count: int) -> np.ndarray:
     """Undoes ``encode_batch`` of ``count`` images: -> uint8 [count, H, W, C]."""

@@ -19,7 +19,9 @@ The model must be built with ``scan_layers=False`` and ``remat=False``: inside a
 layers see traced values, which cannot be coded. It must run eagerly (not under jit).
 """
 import contextlib
-from typing import Optional, Tuple
+import dataclasses
+import time
+from typing import List, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -108,6 +110,16 @@ class Programs:
       self._programs[key] = _build(module.clone(parent=None), tuple_input, delta)
     return self._programs[key]
 
+  def log_det(self, module, tuple_input: bool):
+    """The layer's own jitted log |det J| [B] at its input, as the model computes it (for the
+    ledger)."""
+    key = (module.scope.path, type(module).__name__, tuple_input, 'log_det')
+    if key not in self._programs:
+      free = module.clone(parent=None)
+      self._programs[key] = jax.jit(
+          lambda variables, x, context: free.apply(variables, x, context)[1])
+    return self._programs[key]
+
 
 def _split(coupling, x) -> Tuple[tuple, tuple]:
   """(parts that pass unchanged, parts that are coded): x1 of a coupling passes."""
@@ -160,10 +172,27 @@ def _build(free, tuple_input, delta):
   return prepare, jax.jit(forward), jax.jit(inverse)
 
 
+@dataclasses.dataclass
+class LayerCall:
+  """What one coded layer call did, for accounting (``coding``'s ``ledger``): the layer's type
+  and path, its direction, the bits it added to the stack (negative for an inverse call), its
+  log2 |det J| summed over the batch at the input it coded (the layer's own), and its seconds
+  (the coding, not the log-det), of which a coupling's conditioner took ``prepare_seconds``."""
+  layer: str
+  path: str
+  inverse: bool
+  bits: int
+  log2_det: float
+  seconds: float
+  prepare_seconds: float = 0.0
+
+
 def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma, delta,
-          inverse: bool):
+          inverse: bool, ledger: Optional[List[LayerCall]] = None):
   """One call of ``module`` under coding: ``value`` is its input (forward) or its output
-  (inverse); returns the other side, on the grid."""
+  (inverse); returns the other side, on the grid. Appends a LayerCall to ``ledger`` if
+  given."""
+  start, bits, prepare_seconds = time.perf_counter(), stack.num_bits(), 0.0
   coupling = isinstance(module, _COUPLINGS)
   tuple_input = isinstance(value, tuple)
   kept, coded = _split(coupling, value)
@@ -183,11 +212,24 @@ def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma,
     if isinstance(module, bij.Sigmoid):
       input_std = _sigmoid_input_std(sigma, delta)
     prepare, forward, backward = programs.get(module, tuple_input, delta)
+    prepare_start = time.perf_counter()
     prepared = prepare(module.variables, kept, layer_context)
+    if ledger is not None:
+      jax.block_until_ready(prepared)  # dispatch is asynchronous: time the conditioner itself
+      prepare_seconds = time.perf_counter() - prepare_start
     other = _elementwise(stack, known, lambda c: forward(prepared, c),
                          lambda c: backward(prepared, c), sigma, delta, input_std,
                          encode=not inverse)
-  return _join(coupling, tuple_input, kept, tuple(from_grid(k, delta) for k in other))
+  result = _join(coupling, tuple_input, kept, tuple(from_grid(k, delta) for k in other))
+  if ledger is not None:
+    seconds = time.perf_counter() - start
+    log_det = programs.log_det(module, tuple_input)(module.variables,
+                                                    result if inverse else value, layer_context)
+    ledger.append(LayerCall(type(module).__name__, '/'.join(module.scope.path), inverse,
+                            stack.num_bits() - bits,
+                            float(np.sum(np.asarray(log_det, np.float64))) / np.log(2),
+                            seconds, prepare_seconds))
+  return result
 
 
 def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, input_std, *,
@@ -214,10 +256,12 @@ def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, input_st
 
 
 @contextlib.contextmanager
-def coding(stack: Stack, sigma: float, delta: float, programs: Optional[Programs] = None):
+def coding(stack: Stack, sigma: float, delta: float, programs: Optional[Programs] = None,
+           ledger: Optional[List[LayerCall]] = None):
   """Within it, the coded layers of any flax flow code on ``stack`` (see the module's
   docstring); ``sigma`` is the local Gaussians' scale and ``delta`` the grid step. Pass the
-  same ``programs`` to later blocks to reuse their compiled layers."""
+  same ``programs`` to later blocks to reuse their compiled layers, and a list as ``ledger``
+  to get a LayerCall of every coded call appended to it."""
   if not sigma <= MAX_SIGMA * SIGMOID_SLOPE:
     raise ValueError(f'sigma must be <= {MAX_SIGMA * SIGMOID_SLOPE}, got {sigma}')
   programs = Programs() if programs is None else programs
@@ -232,7 +276,7 @@ def coding(stack: Stack, sigma: float, delta: float, programs: Optional[Programs
     busy[0] = True
     try:
       out = _code(module, programs, stack, value, layer_context, sigma, delta,
-                  bool(kwargs.get('inverse', False)))
+                  bool(kwargs.get('inverse', False)), ledger)
     finally:
       busy[0] = False
     first = out[0] if isinstance(out, tuple) else out
