@@ -357,12 +357,17 @@ def utilisation_figures(figures: dict, device_kind: str, compute_dtype: str) -> 
   return out
 
 
+def config_arguments(argv) -> dict:
+  """The --config file and its --config.FIELD overrides, as given on the command line."""
+  return {'config': flags.FLAGS['config'].serialize().split('=', 1)[-1],
+          'config_overrides': [a for a in argv[1:] if a.startswith('--config.')]}
+
+
 def context(config, argv) -> dict:
   """What the figures were measured on and with."""
   devices = jax.devices()
   return {
-      'config': flags.FLAGS['config'].serialize().split('=', 1)[-1],
-      'config_overrides': [a for a in argv[1:] if a.startswith('--config.')],
+      **config_arguments(argv),
       'device_kind': devices[0].device_kind, 'device_count': len(devices),
       'platform': devices[0].platform, 'jax_version': jax.__version__,
       'batch_size': config.batch_size, 'per_device_batch': config.batch_size // len(devices),

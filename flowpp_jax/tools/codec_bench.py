@@ -21,7 +21,6 @@ one `error: ...` line and exits with status 2. One host.
 """
 import collections
 import json
-import platform
 import sys
 import time
 
@@ -33,7 +32,7 @@ import numpy as np
 from flowpp_jax.compression import codec as codec_lib
 from flowpp_jax.model import FlowPlusPlus, init_variables
 from flowpp_jax.runtime import cli
-from flowpp_jax.tools.bench import say
+from flowpp_jax.tools import bench
 # Importing main defines --config (main's other flags are refused below).
 from flowpp_jax import main as main_lib
 
@@ -125,7 +124,7 @@ def _init(config, images):
 def measure(config, count: int, batch_size: int, init_images: int):
   """-> (figures, per-layer rows, exact): see the module's docstring."""
   start = time.perf_counter()
-  say(f'data-dependent init on {init_images} smooth random images')
+  bench.say(f'data-dependent init on {init_images} smooth random images')
   params = jax.device_get(_init(config, smooth_images(init_images, config.model, _INIT_SEED)))
   figures = {'init_s': time.perf_counter() - start}
   codec = codec_lib.ImageCodec(config.model, params)
@@ -134,13 +133,13 @@ def measure(config, count: int, batch_size: int, init_images: int):
   after_first = count - batch_size
   noise = _record_noise(codec)
 
-  say(f'pass 1: encode {count} images, {batch_size} per batch')
+  bench.say(f'pass 1: encode {count} images, {batch_size} per batch')
   clock = _Clock()
   data = codec.encode(images, batch_size=batch_size, progress=clock)
   figures['encode_first_batch_s'], figures['encode_s_per_image'] = clock.first_and_rest(
       after_first)
   report = codec.last_report
-  say('pass 1: decode')
+  bench.say('pass 1: decode')
   clock = _Clock()
   exact = bool(np.array_equal(codec.decode(data, progress=clock), images))
   figures['decode_first_batch_s'], figures['decode_s_per_image'] = clock.first_and_rest(
@@ -156,7 +155,7 @@ def measure(config, count: int, batch_size: int, init_images: int):
       'batch_overheads': [bits / e - 1 for bits, e in zip(report['batch_bits'], batch_elbo)]})
   figures['overhead'] = figures['coded_bpd'] / figures['elbo_bpd'] - 1
 
-  say('pass 2: the same, each layer call recorded')
+  bench.say('pass 2: the same, each layer call recorded')
   codec.ledger = []
   data = codec.encode(images, batch_size=batch_size)
   encode_calls, codec.ledger = codec.ledger, []
@@ -175,7 +174,7 @@ def format_report(info: dict, figures: dict, rows, exact: bool) -> str:
   """The figures, then the per-layer table in Markdown."""
   lines = [f'{info["config"]} {" ".join(info["config_overrides"])}'.rstrip(),
            f'{info["images"]} images {info["image_shape"]}, batch {info["batch_size"]}, '
-           f'init on {info["init_images"]}; jax {info["jax_version"]}, {info["cpu"]}',
+           f'init on {info["init_images"]}; {info["environment"]}',
            f'round trip exact: {exact}',
            f'data-dependent init: {figures["init_s"]:.1f} s',
            f'first batch, compiling included: encode {figures["encode_first_batch_s"]:.1f} s, '
@@ -221,11 +220,9 @@ def main(argv):
     figures, rows, exact = measure(config, count, batch_size, init_images)
   except ValueError as e:
     cli.fail(f'{e}'.splitlines()[0])
-  info = {'config': flags.FLAGS['config'].serialize().split('=', 1)[-1],
-          'config_overrides': [a for a in sys.argv[1:] if a.startswith('--config.')],
-          'images': count, 'image_shape': list(config.model.image_shape),
-          'batch_size': batch_size, 'init_images': init_images, 'jax_version': jax.__version__,
-          'cpu': codec_lib.environment().rsplit(', ', 1)[-1] or platform.machine()}
+  info = {**bench.config_arguments(sys.argv), 'images': count,
+          'image_shape': list(config.model.image_shape), 'batch_size': batch_size,
+          'init_images': init_images, 'environment': codec_lib.environment()}
   print(format_report(info, figures, rows, exact))
   print(json.dumps({**info, **figures, 'exact': exact, 'layers': rows}), flush=True)
   if not exact:
