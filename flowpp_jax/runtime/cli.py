@@ -1,5 +1,6 @@
 """What every command line shares: one-line errors, flag parsing that reports bad flags that
 way, and quiet library logging."""
+import logging as std_logging
 import os
 import sys
 
@@ -7,8 +8,12 @@ from absl import app, flags, logging
 
 
 def fail(message: str, status: int = 2) -> None:
-  """Prints a one-line error and exits (status 2: bad input, nothing was changed)."""
-  print(f'error: {message}', file=sys.stderr)
+  """Prints a one-line error and exits (status 2: bad input, nothing was changed). Nothing is
+  logged after the line: what libraries report while the process winds down (asyncio's
+  pending or failed tasks of an aborted checkpoint read, collected at exit) would bury it."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  std_logging.disable(std_logging.CRITICAL)
+  sys.unraisablehook = lambda unraisable: None
   sys.exit(status)
 
 
