@@ -2,11 +2,12 @@
 
   python -m flowpp_jax.import_weights --config=configs/cifar10.py --weights=PATH --workdir=DIR
                                       [--config.FIELD=VALUE ...]
-  python -m flowpp_jax.import_weights --workdir=DIR --export=OUT.npz
+  python -m flowpp_jax.import_weights --workdir=DIR --export=OUT.npz [--export_layout=...]
 
 PATH is one of:
-- an .npz keyed by the official TensorFlow variable names, as the authors' local bits-back
-  repository (hojonathanho/localbitsback) distributes their CIFAR-10 and ImageNet models;
+- an .npz of the official TensorFlow variable names, as the authors' local bits-back
+  repository (hojonathanho/localbitsback) distributes their models: CIFAR-10's keyed by the
+  names, ImageNet 32's and 64's by NAME/ExponentialMovingAverage alone;
 - a checkpoint of the official trainer, by its prefix (.../checkpoints/model-400000) or its
   folder (the newest one is read). Reading it needs TensorFlow: pip install -e '.[prepare]'.
 
@@ -14,11 +15,13 @@ DIR becomes an ordinary workdir: checkpoints/<step>/, config.json and imported_w
 (where the weights came from, and which values were used). ``--mode=eval``, ``--mode=sample``,
 ``flowpp_jax.load(DIR)`` and training (resuming from the imported step) then work on it.
 Parameters come from the raw values and the EMA from ``NAME/ExponentialMovingAverage`` where
-the file has averages (a file with none gives both the same values); Adam's moments and step
-count from ``NAME/Adam``, ``NAME/Adam_1`` and ``beta1_power`` where present, otherwise fresh.
+the file has averages (a file with none gives both the same values, and so does a file of
+averages alone); Adam's moments and step count from ``NAME/Adam``, ``NAME/Adam_1`` and
+``beta1_power`` where present, otherwise fresh.
 
-``--export`` writes DIR's latest EMA parameters as an .npz of official names and shapes, the
-layout of the authors' files (loadable by their PyTorch code and by this command).
+``--export`` writes DIR's latest EMA parameters as an .npz of official names and shapes, keyed
+as the authors' loader for the architecture reads them (``--export_layout`` chooses), so that
+their PyTorch code and this command load it.
 Bad input prints one ``error: ...`` line, exits with status 2 and writes nothing.
 """
 import datetime
@@ -29,6 +32,7 @@ import os
 import pathlib
 import re
 import zipfile
+from typing import Dict
 
 # Before anything imports TensorFlow (etils.epath does where it is installed): its start-up
 # log lines are not this command's output, and its oneDNN kernels (which announce themselves)
@@ -51,24 +55,40 @@ from flowpp_jax.trainer import experiment, optim, steps
 from flowpp_jax import main as main_lib
 from flowpp_jax.model import FlowPlusPlus
 
+RECORD_FILE = 'imported_weights.json'
+EMA_SUFFIX = '/ExponentialMovingAverage'
+# How a file keys its variables: under their names (the authors' CIFAR-10 file, the official
+# trainer's checkpoints, which add averages and Adam slots), or as NAME/ExponentialMovingAverage
+# alone (the authors' ImageNet 32 and 64 files).
+LAYOUT_PLAIN, LAYOUT_AVERAGES = 'plain', 'averages'
+
 _WEIGHTS = flags.DEFINE_string('weights', None, 'The official weights: an .npz of official '
                                'variable names, or a TensorFlow checkpoint prefix or folder.')
 _EXPORT = flags.DEFINE_string('export', None, 'Write the latest EMA parameters of --workdir to '
                               'this .npz of official variable names instead of importing.')
-
-RECORD_FILE = 'imported_weights.json'
-EMA_SUFFIX = '/ExponentialMovingAverage'
+_EXPORT_LAYOUT = flags.DEFINE_enum(
+    'export_layout', 'authors', ['authors', LAYOUT_PLAIN, LAYOUT_AVERAGES],
+    "How --export keys the variables: 'plain' by their official names (what the authors' "
+    "CIFAR-10 loader reads), 'averages' as NAME/ExponentialMovingAverage (what their ImageNet "
+    "32 and 64 loaders read), 'authors' the one their loader for the architecture reads.")
 ADAM_SUFFIXES = ('/Adam', '/Adam_1')  # first and second moments
 _CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'configs'
 _PAPER_CONFIGS = ('cifar10', 'imagenet32', 'imagenet64', 'cifar10_affine',
                   'cifar10_no_attention', 'cifar10_uniform_dequant')
 
 
+# Tracing a full-size model's init takes seconds (12 for ImageNet 32): once per config.
+_NAME_MAPS: Dict[str, official_names.NameMap] = {}
+
+
 def name_map(model_cfg) -> official_names.NameMap:
   """The official names of ``model_cfg``'s parameters (of its unrolled layout)."""
   unrolled = ml_collections.ConfigDict(model_cfg.to_dict())
   unrolled.scan_layers = False
-  return official_names.NameMap(unrolled, summary.abstract_params(unrolled))
+  key = unrolled.to_json_best_effort(sort_keys=True)
+  if key not in _NAME_MAPS:
+    _NAME_MAPS[key] = official_names.NameMap(unrolled, summary.abstract_params(unrolled))
+  return _NAME_MAPS[key]
 
 
 def _to_layout(unrolled_tree, model_cfg):
@@ -166,8 +186,10 @@ def _config_signature(model_cfg):
 def guess_config(arrays) -> str:
   """The name of the shipped config whose architecture the file's names and shapes show, or
   ''."""
-  norms = {name.split('/')[0] for name in arrays if re.match(r'^Norm(_[0-9]+)?/', name)}
-  pos_embs = sorted(tuple(np.shape(v)) for n, v in arrays.items() if n.endswith('/pos_emb'))
+  # Each variable once, whether the file keys it by its name, its average or both.
+  shapes = {name.removesuffix(EMA_SUFFIX): np.shape(value) for name, value in arrays.items()}
+  norms = {name.split('/')[0] for name in shapes if re.match(r'^Norm(_[0-9]+)?/', name)}
+  pos_embs = sorted(tuple(s) for n, s in shapes.items() if n.endswith('/pos_emb'))
   for name in _PAPER_CONFIGS:
     path = _CONFIGS_DIR / f'{name}.py'
     if path.exists() and _config_signature(
@@ -181,22 +203,32 @@ def _hint(arrays) -> str:
   return f'; this looks like {guess} weights (configs/{guess}.py)' if guess else ''
 
 
+def _more(items) -> str:
+  return f' (and {len(items) - 1} more)' if len(items) > 1 else ''
+
+
 def _parts(arrays, names, config_name: str):
-  """Splits the file into raw values, EMA values and Adam slots of ``names``; raises ValueError
-  for a missing or unknown variable."""
+  """Splits the file into raw values, EMA values and Adam slots of ``names``, and says whether
+  the raw values came from the averages (a file of averages alone, as the authors' ImageNet
+  files are). Raises ValueError for a missing, unknown or mixed-up variable."""
   known = set(names)
   extra = {n + s for n in names for s in (EMA_SUFFIX,) + ADAM_SUFFIXES}
   extra |= {'beta1_power', 'beta2_power'}
-  missing = [n for n in names if n not in arrays]
+  missing = [n for n in names if n not in arrays and n + EMA_SUFFIX not in arrays]
   unknown = sorted(n for n in arrays if n not in known and n not in extra)
   if missing:
-    more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
-    raise ValueError(f'the weights have no variable {missing[0]}{more}, which {config_name} '
-                     f'needs{_hint(arrays)}')
+    raise ValueError(f'the weights have no variable {missing[0]}{_more(missing)}, which '
+                     f'{config_name} needs{_hint(arrays)}')
   if unknown:
-    more = f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''
-    raise ValueError(f'the weights hold {unknown[0]}{more}, which {config_name} does not '
-                     f'have{_hint(arrays)}')
+    raise ValueError(f'the weights hold {unknown[0]}{_more(unknown)}, which {config_name} does '
+                     f'not have{_hint(arrays)}')
+  averages_only = [n for n in names if n not in arrays]
+  if averages_only and len(averages_only) < len(names):
+    raw = next(n for n in names if n in arrays)
+    raise ValueError(f'the weights mix two layouts: {raw} is stored under its name, '
+                     f'{averages_only[0]}{_more(averages_only)} only as {averages_only[0]}'
+                     f'{EMA_SUFFIX}; a file holds every variable under its name, or every one '
+                     f'as NAME{EMA_SUFFIX} alone (as the authors\' ImageNet files do)')
 
   def slot(suffix):
     present = [n for n in names if n + suffix in arrays]
@@ -206,7 +238,9 @@ def _parts(arrays, names, config_name: str):
                        f'{len(names)} variables ({absent} has none)')
     return {n: arrays[n + suffix] for n in names} if present else None
 
-  return {n: arrays[n] for n in names}, slot(EMA_SUFFIX), slot('/Adam'), slot('/Adam_1')
+  ema = slot(EMA_SUFFIX)
+  raw = ema if averages_only else {n: arrays[n] for n in names}
+  return raw, ema, slot('/Adam'), slot('/Adam_1'), bool(averages_only)
 
 
 def _check_values(part, nmap: official_names.NameMap, what: str, arrays) -> None:
@@ -227,8 +261,9 @@ def build_state(config, arrays, source, config_name: str = 'the config'):
   """The TrainState (numpy arrays, in the config's layout) that the file describes, and a record
   of what was used. Raises ValueError when the file does not fit the config."""
   nmap = name_map(config.model)
-  raw, ema, adam_m, adam_v = _parts(arrays, nmap.names, config_name)
-  for part, what in ((raw, ''), (ema, EMA_SUFFIX), (adam_m, '/Adam'), (adam_v, '/Adam_1')):
+  raw, ema, adam_m, adam_v, averages_only = _parts(arrays, nmap.names, config_name)
+  for part, what in ((None if averages_only else raw, ''), (ema, EMA_SUFFIX),
+                     (adam_m, '/Adam'), (adam_v, '/Adam_1')):
     if part is not None:
       _check_values(part, nmap, what, arrays)
   tree = lambda part: _to_layout(nmap.from_official(part), config.model)
@@ -252,7 +287,9 @@ def build_state(config, arrays, source, config_name: str = 'the config'):
   record = dict(
       source, variables=len(nmap.names),
       parameters=int(sum(np.size(v) for v in raw.values())), step=int(step),
-      params_from='the raw values',
+      layout=LAYOUT_AVERAGES if averages_only else LAYOUT_PLAIN,
+      params_from=(f'the {EMA_SUFFIX[1:]} values (the file has no raw values)' if averages_only
+                   else 'the raw values'),
       ema_from=(f'the {EMA_SUFFIX[1:]} values' if ema is not None
                 else 'the raw values (the file has no averages)'),
       adam_from=(f'the Adam slots, {adam_count} updates' if adam_count is not None
@@ -289,9 +326,17 @@ def import_weights(config, weights: str, workdir, config_name: str = 'the config
   return record
 
 
-def export_weights(workdir, out: str) -> int:
-  """Writes the latest EMA parameters of ``workdir`` to ``out`` (.npz of official names);
-  returns the number of variables."""
+def authors_layout(model_cfg) -> str:
+  """The layout that the authors' PyTorch loader of this architecture reads
+  (localbitsback's compression/models/load_flowpp_*.py): names for CIFAR-10, averages for the
+  ImageNet launchers."""
+  return LAYOUT_AVERAGES if official_names.imagenet_family(model_cfg) else LAYOUT_PLAIN
+
+
+def export_weights(workdir, out: str, layout: str = 'authors'):
+  """Writes the latest EMA parameters of ``workdir`` to ``out``, an .npz of official names in
+  ``layout`` ('plain', 'averages', or 'authors': the one the authors' loader of the
+  architecture reads); returns (number of variables, the layout written)."""
   if os.path.exists(out):
     raise ValueError(f'{out} exists; --export never overwrites a file: choose another path')
   config = experiment.load_config(workdir)
@@ -306,10 +351,14 @@ def export_weights(workdir, out: str) -> int:
   if config.model.scan_layers:
     ema = architecture.unscanned_params(ema)
   arrays = name_map(config.model).to_official(ema)
+  if layout == 'authors':
+    layout = authors_layout(config.model)
+  if layout == LAYOUT_AVERAGES:
+    arrays = {name + EMA_SUFFIX: value for name, value in arrays.items()}
   tmp = out + '.tmp.npz'  # np.savez adds .npz to names without it
   np.savez(tmp, **arrays)
   os.replace(tmp, out)
-  return len(arrays)
+  return len(arrays), layout
 
 
 def main(argv):
@@ -321,8 +370,10 @@ def main(argv):
     if _EXPORT.value:
       if _WEIGHTS.value or flags.FLAGS['config'].present:
         cli.fail('--export reads the config and weights of --workdir; drop --config and --weights')
-      count = export_weights(workdir, _EXPORT.value)
-      print(f'{count} variables (EMA parameters of {workdir}) -> {_EXPORT.value}')
+      count, layout = export_weights(workdir, _EXPORT.value, _EXPORT_LAYOUT.value)
+      keyed = ('NAME' + EMA_SUFFIX if layout == LAYOUT_AVERAGES else 'their official names')
+      print(f'{count} variables (EMA parameters of {workdir}) -> {_EXPORT.value}, keyed by '
+            f'{keyed}')
       return
     if not _WEIGHTS.value or not flags.FLAGS['config'].present:
       cli.fail('importing needs --config, --weights and --workdir (or --export=OUT.npz to export)')
@@ -335,8 +386,12 @@ def main(argv):
     cli.fail(f'{e.filename or workdir}: {e.strerror or e}')
   print(f'read {record["variables"]} variables ({record["parameters"]:,} parameters) from '
         f'{record["path"]} ({record["format"]})')
-  print(f'parameters from {record["params_from"]}; EMA from {record["ema_from"]}; Adam from '
-        f'{record["adam_from"]}')
+  if record['layout'] == LAYOUT_AVERAGES:
+    print(f'parameters and EMA from the {EMA_SUFFIX[1:]} values; the file has no raw values; '
+          f'Adam from {record["adam_from"]}')
+  else:
+    print(f'parameters from {record["params_from"]}; EMA from {record["ema_from"]}; Adam from '
+          f'{record["adam_from"]}')
   print(f'wrote {workdir}: checkpoint of step {record["step"]}, {experiment.CONFIG_FILE}, '
         f'{RECORD_FILE}')
   print(f'next (with the same --config overrides): python -m flowpp_jax.main '

@@ -79,16 +79,67 @@ def build(name, scan_layers, arrays=None, source=None):
   return config, import_weights.build_state(config, arrays, source)
 
 
-# Every fixture in the configs' scanned layout; the unrolled one once (the two layouts compute
-# the same: tests/test_layer_options.py).
+def as_averages(arrays):
+  """The layout of the authors' ImageNet 32 and 64 files: NAME/ExponentialMovingAverage alone."""
+  return {name + import_weights.EMA_SUFFIX: value for name, value in arrays.items()}
+
+
+def released_layout(name, directory):
+  """The fixture's weights keyed as the authors' file of its architecture keys them
+  (localbitsback's load_flowpp_cifar.py reads names, load_flowpp_imagenet{32,64}.py averages)."""
+  if name == 'cifar10':
+    return OFFICIAL / f'{name}_tiny_weights.npz'
+  path = directory / f'{name}_released.npz'
+  np.savez(path, **as_averages(np.load(OFFICIAL / f'{name}_tiny_weights.npz')))
+  return path
+
+
+def same_trees(a, b):
+  return jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
+
+
+# Every fixture in the configs' scanned layout and in its released layout, which for ImageNet
+# gives the same state as the names; the unrolled layout once (the two compute the same:
+# tests/test_layer_options.py).
 @pytest.mark.parametrize('name,scan_layers', [(name, True) for name in FIXTURES]
                          + [('cifar10', False)])
-def test_fixture_reproduces_the_official_outputs(name, scan_layers):
+def test_fixture_reproduces_the_official_outputs(name, scan_layers, tmp_path):
   config, (state, record) = build(name, scan_layers)
   io = np.load(OFFICIAL / f'{name}_tiny_io.npz')
   assert record['variables'] == len(np.load(OFFICIAL / f'{name}_tiny_weights.npz').files)
-  assert record['ema_from'].startswith('the raw values')
+  assert record['layout'] == 'plain' and record['ema_from'].startswith('the raw values')
   assert_matches_official(official_outputs(config.model, state.ema_params, io), io, name)
+  if name != 'cifar10':
+    _, (released, record) = build(name, scan_layers, *import_weights.read_weights(
+        str(released_layout(name, tmp_path))))
+    assert record['layout'] == 'averages'
+    assert record['params_from'] == ('the ExponentialMovingAverage values (the file has no raw '
+                                     'values)')
+    assert same_trees(released.params, state.params)
+    assert same_trees(released.ema_params, state.params)
+
+
+@pytest.mark.parametrize('name', FIXTURES)
+def test_released_layouts_import_and_export_back(name, tmp_path):
+  """A file keyed as the authors' release of its architecture imports; --export writes the
+  same keys and arrays back, so the authors' loader reads it; the other layout on request."""
+  weights = released_layout(name, tmp_path)
+  record = import_weights.import_weights(official_fixture_config(name), str(weights),
+                                         tmp_path / 'run')
+  expected = 'plain' if name == 'cifar10' else 'averages'
+  assert record['layout'] == expected
+  assert json.loads((tmp_path / 'run' / 'imported_weights.json').read_text())['layout'] == expected
+  assert import_weights.export_weights(tmp_path / 'run', str(tmp_path / 'back.npz')) == (
+      len(np.load(weights).files), expected)
+  original, back = np.load(weights), np.load(tmp_path / 'back.npz')
+  assert sorted(original.files) == sorted(back.files)
+  for key in original.files:
+    assert original[key].dtype == back[key].dtype and np.array_equal(original[key], back[key])
+  other = 'averages' if expected == 'plain' else 'plain'
+  import_weights.export_weights(tmp_path / 'run', str(tmp_path / 'other.npz'), other)
+  names = np.load(OFFICIAL / f'{name}_tiny_weights.npz').files
+  wanted = names if other == 'plain' else list(as_averages(dict.fromkeys(names)))
+  assert sorted(np.load(tmp_path / 'other.npz').files) == sorted(wanted)
 
 
 def test_every_variable_lands_where_the_name_says():
@@ -179,15 +230,20 @@ def cli(*args, env=None):
 
 
 def test_import_then_export_gives_the_file_back_and_the_workdir_samples(tmp_path):
-  weights = OFFICIAL / 'imagenet32_tiny_weights.npz'
+  """The command on ImageNet 32 as the authors released it (averages alone), and back."""
+  weights = released_layout('imagenet32', tmp_path)
   workdir = tmp_path / 'run'
   result = cli(*override_flags('imagenet32'), f'--weights={weights}', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'read 1787 variables (767,658 parameters)' in result.stdout
+  assert ('parameters and EMA from the ExponentialMovingAverage values; the file has no raw '
+          'values') in result.stdout
   record = json.loads((workdir / 'imported_weights.json').read_text())
   assert record['path'] == str(weights) and len(record['sha256']) == 64
   out = tmp_path / 'back.npz'
-  assert import_weights.export_weights(workdir, str(out)) == 1787
+  result = cli(f'--workdir={workdir}', f'--export={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'keyed by NAME/ExponentialMovingAverage' in result.stdout
   original, back = np.load(weights), np.load(out)
   assert sorted(original.files) == sorted(back.files)
   for name in original.files:
@@ -286,14 +342,36 @@ def test_bad_files_are_refused_with_what_to_do(tmp_path):
 
 
 def test_full_size_weights_of_another_config_are_recognised():
-  """Weights in the shape of configs/cifar10.py imported with configs/imagenet32.py: the error
-  names the config they fit. (Zero-stride arrays: no memory for 31M parameters.)"""
-  nmap = import_weights.name_map(load_config('cifar10').model)
-  arrays = {name: np.broadcast_to(np.float32(1), shape) for _, name, shape in nmap.entries}
-  assert import_weights.guess_config(arrays) == 'cifar10'
-  with pytest.raises(ValueError, match='looks like cifar10 weights'):
-    import_weights.build_state(load_config('imagenet32'), arrays,
-                               {'step_in_name': None, 'path': 'x'})
+  """Full-size weights of each released architecture, keyed by names or by averages alone,
+  imported with another's config: the error names the config they fit. (Zero-stride arrays:
+  no memory for 31M parameters.)"""
+  released = {}
+  for name in FIXTURES:
+    nmap = import_weights.name_map(load_config(name).model)
+    released[name] = {n: np.broadcast_to(np.float32(1), shape) for _, n, shape in nmap.entries}
+  for name, plain in released.items():
+    for arrays in (plain, as_averages(plain)):
+      assert import_weights.guess_config(arrays) == name
+      for other in FIXTURES:
+        if other != name:
+          with pytest.raises(ValueError, match=f'looks like {name} weights '
+                                               fr'\(configs/{name}.py\)'):
+            import_weights.build_state(load_config(other), arrays,
+                                       {'step_in_name': None, 'path': 'x'})
+
+
+def test_a_file_mixing_names_and_averages_is_refused(tmp_path):
+  arrays = dict(np.load(OFFICIAL / 'cifar10_tiny_weights.npz'))
+  names = list(arrays)
+  mixed = {**{n: arrays[n] for n in names[:10]}, **as_averages({n: arrays[n] for n in names[10:]})}
+  np.savez(tmp_path / 'mixed.npz', **mixed)
+  workdir = tmp_path / 'run'
+  assert_one_error_line(
+      cli(*override_flags('cifar10'), f'--weights={tmp_path / "mixed.npz"}',
+          f'--workdir={workdir}'),
+      'mix two layouts', f'{names[0]} is stored under its name',
+      f'{names[10]} (and {len(names) - 11} more) only as {names[10]}/ExponentialMovingAverage')
+  assert not workdir.exists()
 
 
 def test_a_checkpoint_without_tensorflow_names_the_extra(tmp_path):
