@@ -24,7 +24,10 @@ class TrainedModel:
   def __init__(self, workdir, step=None):
     self.config = experiment.load_config(workdir)
     exp = experiment.Experiment(self.config, workdir, read_only=True, device_count=1)
-    state = exp.restore(step)
+    try:
+      state = exp.restore(step)
+    finally:
+      exp.checkpoints.close()
     if state is None:
       raise ValueError(f'no checkpoint in {exp.checkpoints.directory}')
     self.step = int(state.step)

@@ -47,8 +47,7 @@ _COORDINATOR_TIMEOUT = flags.DEFINE_integer(
 
 def start_borrowing_command(argv, command: str, allowed=('config',)) -> None:
   """The first checks of a command that imports this module for its --config (and the flags
-  in ``allowed``): quiet logging, no positional arguments, none of main's other flags."""
-  cli.quiet_logging()
+  in ``allowed``): no positional arguments, none of main's other flags."""
   cli.refuse_arguments(argv)
   for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__]):
     if flag.name not in allowed and flag.present:
@@ -67,7 +66,6 @@ def load_config():
 
 
 def main(argv):
-  cli.quiet_logging()
   cli.refuse_arguments(argv)
   config = load_config()
   try:

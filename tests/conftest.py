@@ -35,6 +35,20 @@ def load_config(name, *args):
   return d.config_from_file(ROOT / 'configs' / f'{name}.py', *args)
 
 
+def initialised_workdir(workdir, config=None):
+  """A workdir holding a checkpoint of the data-dependent init of ``config`` (default: the
+  digits config's tiny variant) and its config.json, as a run leaves them; returns the
+  config."""
+  from flowpp_jax.trainer import experiment  # pylint: disable=g-import-not-at-top
+  config = config or load_config('digits', 'tiny')
+  exp = experiment.Experiment(config, workdir, device_count=1)
+  exp.save(exp.init_state())
+  exp.checkpoints.wait()
+  exp.checkpoints.close()
+  exp.write_config()
+  return config
+
+
 def tiny_model_config(image_shape=(8, 8, 3), *, num_levels=256, main_layout='checker2 s2d channel1',
                       dequant_layout='checker1', dequant_kind='variational', coupling='mixlogistic',
                       mixer='attention', pointwise=True, weight_norm=False, dropout=0.1,

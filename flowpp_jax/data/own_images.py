@@ -412,8 +412,7 @@ def _cached(key, data_cfg, count, shape, say, check, decode):
   start = time.perf_counter()
   check()
   directory.mkdir(parents=True, exist_ok=True)
-  tmp = directory / f'{key}.{os.getpid()}.tmp.npy'
-  try:
+  with fileio.replaced(path) as tmp:  # a reader sees no cache or a whole one
     out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(count, *shape))
     # Pillow decodes without the GIL: a thread per core; chunks so that an error stops soon.
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -424,9 +423,6 @@ def _cached(key, data_cfg, count, shape, say, check, decode):
           say(f'decoding: {stop}/{count} images')
     out.flush()
     del out
-    os.replace(tmp, path)  # atomic: a reader sees no cache or a whole one
-  finally:
-    tmp.unlink(missing_ok=True)
   seconds = time.perf_counter() - start
   return np.load(path, mmap_mode='r'), (
       f'decoded {count} images in {seconds:.1f} s ({count / seconds:.0f} images/s) into the '

@@ -1,19 +1,15 @@
 """What every command line shares: one-line errors, flag parsing that reports bad flags that
-way, and quiet library logging."""
-import logging as std_logging
-import os
+way, and a console free of the libraries' own reports (console.py). Only commands use it."""
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from flowpp_jax.runtime import console
 
 
 def fail(message: str, status: int = 2) -> None:
-  """Prints a one-line error and exits (status 2: bad input, nothing was changed). Nothing is
-  logged after the line: what libraries report while the process winds down (asyncio's
-  pending or failed tasks of an aborted checkpoint read, collected at exit) would bury it."""
+  """Prints a one-line error and exits (status 2: bad input, nothing was changed)."""
   print(f'error: {message}', file=sys.stderr, flush=True)
-  std_logging.disable(std_logging.CRITICAL)
-  sys.unraisablehook = lambda unraisable: None
   sys.exit(status)
 
 
@@ -28,37 +24,20 @@ def parse_flags(argv):
 
 
 def run(main, required: str | None) -> None:
-  """Runs ``main(argv)`` as a command whose flag ``required`` (if any) must be given."""
+  """Runs ``main(argv)`` as a command whose flag ``required`` (if any) must be given: the
+  command's entry point, which alone changes the process's logging and hooks (console.py)."""
   if required:
     flags.mark_flag_as_required(required)
-  app.run(main, flags_parser=parse_flags)
 
-
-def _in_orbax(path: str) -> bool:
-  return f'{os.sep}orbax{os.sep}' in path
-
-
-def _not_from_orbax(record) -> bool:
-  """False for orbax's records, and for asyncio's "Task exception was never retrieved" of an
-  orbax write task (a full disk fails each array's write after the save has failed)."""
-  if _in_orbax(record.pathname):
-    return False
-  error = record.exc_info[1] if record.exc_info else None
-  frame = error.__traceback__ if error is not None else None
-  while frame is not None:
-    if _in_orbax(frame.tb_frame.f_code.co_filename):
-      return False
-    frame = frame.tb_next
-  return True
-
-
-def quiet_logging() -> None:
-  """Unless --verbosity is given: orbax logs every save, and tfds every missing metadata file,
-  so only errors are logged, and not orbax's, which each reach the command as an exception
-  that it reports in one line (a failed background save logs a traceback per thread)."""
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.ERROR)
-    logging.get_absl_handler().addFilter(_not_from_orbax)
+  def command(argv):
+    console.quiet_libraries(verbose=flags.FLAGS['verbosity'].present)
+    return main(argv)
+  try:
+    app.run(command, flags_parser=parse_flags)
+  except SystemExit as e:
+    if e.code:  # an error line was printed: nothing may follow it
+      console.silence_after_error()
+    raise
 
 
 def refuse_arguments(argv) -> None:

@@ -8,9 +8,11 @@ epath paths all the way to here.
 Object stores have no folders and no append (gcsfs silently turns ``open(mode='a')`` into an
 overwrite): ``makedirs`` skips URIs, and writers that append locally rewrite remote files.
 """
+import contextlib
 import errno
 import importlib.util
 import os
+import shutil
 
 from etils import epath
 
@@ -50,20 +52,40 @@ def makedirs(p) -> epath.Path:
   return p
 
 
-def write_text(p, text: str) -> None:
-  """Writes the file ``p`` whole or not at all: a local file is written beside and renamed
-  over it, so that a full disk or a kill leaves the old contents (an object store replaces an
-  object only once it is complete)."""
+@contextlib.contextmanager
+def replaced(p, folder: bool = False):
+  """Writes ``p`` whole or not at all: yields a path beside it (an empty new folder if
+  ``folder``) to write, which is renamed onto ``p`` in one step when the block ends, and
+  removed when it raises (a full disk, Ctrl-C). A failure leaves ``p`` as it was and no
+  partial file. An object store replaces an object only once it is complete, so a URI is
+  yielded as it is (not for folders)."""
   p = path(p)
-  if is_remote(p):
-    p.write_text(text)
+  if is_remote(p) and not folder:
+    yield p
     return
-  partial = p.with_name(f'.{p.name}.partial')
+  partial = p.with_name(f'.{p.name}.{os.getpid()}.partial')
+  if folder:
+    partial.mkdir()
   try:
-    partial.write_text(text)
+    yield partial
     os.replace(partial, p)
   finally:
-    partial.unlink(missing_ok=True)
+    if folder:
+      shutil.rmtree(partial, ignore_errors=True)
+    else:
+      partial.unlink(missing_ok=True)
+
+
+def write_text(p, text: str) -> None:
+  """Writes the file ``p`` whole or not at all (``replaced``)."""
+  with replaced(p) as partial:
+    partial.write_text(text)
+
+
+def write_bytes(p, data: bytes) -> None:
+  """Writes the file ``p`` whole or not at all (``replaced``)."""
+  with replaced(p) as partial:
+    partial.write_bytes(data)
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -5,8 +5,12 @@ straight from mmap and returns them on free: the kernel then faults in and zeroe
 page again at every step. glibc >= 2.35 can ask for transparent huge pages for those blocks
 (the ``glibc.malloc.hugetlb=1`` tunable), 512x fewer faults. glibc reads tunables only at
 start-up, so the entry points re-execute themselves once with it set (figures:
-docs/performance.md). ``FLOWPP_KEEP_MALLOC=1`` opts out.
+docs/performance.md). ``FLOWPP_KEEP_MALLOC=1`` opts out. It only helps where XLA runs on the
+CPU, which is decided when jax starts: before that, a jax accelerator plugin (CUDA, ROCm,
+TPU) or a JAX_PLATFORMS that puts another platform first is taken to mean it will not.
 """
+import importlib.metadata
+import importlib.util
 import os
 import sys
 from typing import Mapping, Optional
@@ -33,11 +37,30 @@ def _thp_available() -> bool:
     return False
 
 
+def _accelerator_plugin_installed() -> bool:
+  """Whether jax will find a GPU or TPU plugin (found without importing jax)."""
+  return (bool(importlib.metadata.entry_points(group='jax_plugins'))
+          or importlib.util.find_spec('libtpu') is not None)
+
+
+def cpu_backend_expected(environ: Mapping[str, str]) -> bool:
+  """Whether jax's default backend will be the CPU: JAX_PLATFORMS lists it first, or, where
+  that is unset, no accelerator plugin is installed. (With a plugin but no device, jax falls
+  back to the CPU: JAX_PLATFORMS=cpu then says so in advance.)"""
+  platforms = environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  return not _accelerator_plugin_installed()
+
+
 def tuned_environment(environ: Mapping[str, str]) -> Optional[dict]:
   """The environment to re-execute with, or None when there is nothing to change: already
-  set, opted out, not glibc >= 2.35, or no transparent huge pages on this kernel."""
+  set, opted out, an accelerator run, not glibc >= 2.35, or no transparent huge pages on this
+  kernel."""
   tunables = environ.get('GLIBC_TUNABLES', '')
   if 'glibc.malloc.hugetlb' in tunables or environ.get(OPT_OUT):
+    return None
+  if not cpu_backend_expected(environ):
     return None
   version = _glibc_version()
   if version is None or version < (2, 35) or not _thp_available():

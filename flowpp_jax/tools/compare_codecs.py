@@ -56,7 +56,6 @@ def ordinary_sizes(images: np.ndarray) -> dict:
 
 
 def main(argv):
-  cli.quiet_logging()
   if len(argv) != 2:
     cli.fail('usage: python -m flowpp_jax.tools.compare_codecs --workdir=DIR IMAGES.npy')
   from flowpp_jax import api  # pylint: disable=g-import-not-at-top

@@ -17,7 +17,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from flowpp_jax.runtime import cli
+from flowpp_jax.runtime import cli, fileio
 
 FLAGS = flags.FLAGS
 
@@ -78,18 +78,16 @@ def _read_png(path: pathlib.Path, shape) -> np.ndarray:
 def write_images(path: str, images: np.ndarray, names) -> None:
   """uint8 [N, H, W, C] -> IMAGES_OUT (a .npy or a new folder of PNGs), written beside and
   renamed into place."""
-  target = pathlib.Path(path)
-  partial = target.with_name(f'.{target.name}.partial')
-  if path.endswith('.npy'):
-    with open(partial, 'wb') as f:
-      np.save(f, images)
-  else:
-    partial.mkdir()
+  folder = not path.endswith('.npy')
+  with fileio.replaced(path, folder=folder) as partial:
+    if not folder:
+      with open(partial, 'wb') as f:
+        np.save(f, images)
+      return
     names = names or tuple(f'{i:05d}.png' for i in range(len(images)))
     for name, image in zip(names, images):
       Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image,
                       _MODES[image.shape[-1]]).save(partial / name)
-  os.replace(partial, target)
 
 
 def _refuse_existing(path: str) -> None:
@@ -102,7 +100,6 @@ def _say(line: str) -> None:
 
 
 def main(argv):
-  cli.quiet_logging()
   args = argv[1:]
   if len(args) != 3 or args[0] not in ('encode', 'decode'):
     cli.fail(f'{USAGE}; got {" ".join(args) or "no arguments"}')
@@ -120,10 +117,7 @@ def main(argv):
       images, names = read_images(source, model.image_shape)
       data = model.compress(images, batch_size=FLAGS.batch_size, names=names,
                             progress=codec_lib.Progress('encoded', _say))
-      partial = f'{target}.partial'
-      with open(partial, 'wb') as f:
-        f.write(data)
-      os.replace(partial, target)
+      fileio.write_bytes(target, data)
       report = model.codec.last_report
       dims = images.size
       _say(f'encoded {len(images)} images into {target} in {time.perf_counter() - start:.1f} '

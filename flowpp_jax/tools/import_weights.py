@@ -34,13 +34,7 @@ import re
 import zipfile
 from typing import Dict
 
-# Before anything imports TensorFlow (etils.epath does where it is installed): its start-up
-# log lines are not this command's output, and its oneDNN kernels (which announce themselves)
-# do nothing for reading a checkpoint.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -355,9 +349,8 @@ def export_weights(workdir, out: str, layout: str = 'authors'):
     layout = authors_layout(config.model)
   if layout == LAYOUT_AVERAGES:
     arrays = {name + EMA_SUFFIX: value for name, value in arrays.items()}
-  tmp = out + '.tmp.npz'  # np.savez adds .npz to names without it
-  np.savez(tmp, **arrays)
-  os.replace(tmp, out)
+  with fileio.replaced(out) as partial, open(partial, 'wb') as f:
+    np.savez(f, **arrays)  # to a file object: np.savez adds .npz to a name without it
   return len(arrays), layout
 
 
@@ -399,4 +392,4 @@ def main(argv):
 
 
 def run() -> None:
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, required=None)

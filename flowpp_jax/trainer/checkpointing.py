@@ -9,11 +9,9 @@ the next run's manager removes any left by a killed process (the workdir lock ma
 other run is writing one).
 """
 import contextlib
-import functools
 import json
-import logging
 import shutil
-import sys
+import time
 
 import flax.serialization
 import jax
@@ -30,39 +28,6 @@ class CheckpointError(ValueError):
 def model_signature(model_cfg) -> dict:
   """The model config as plain JSON data: equal signatures mean interchangeable checkpoints."""
   return json.loads(model_cfg.to_json())
-
-
-class _UnretrievedReadErrors(logging.Filter):
-  """Drops asyncio's "Task exception was never retrieved" while a checkpoint is being read and
-  after a read has failed. A failed read leaves orbax's other in-flight reads unretrieved, and
-  asyncio logs each (a traceback) whenever its task is collected: before the read's exception
-  reaches us as often as after it. The one CheckpointError already says what happened."""
-
-  def __init__(self):
-    super().__init__()
-    self.reading = 0
-    self.failed = False
-
-  def filter(self, record) -> bool:
-    return not ((self.reading or self.failed)
-                and str(record.msg).startswith('Task exception was never retrieved'))
-
-
-_read_errors = _UnretrievedReadErrors()
-logging.getLogger('asyncio').addFilter(_read_errors)
-
-
-def _drop_closed_loop_callbacks(unraisable, fallback) -> None:
-  """A failed read or write stops orbax's event loop while tensorstore's other reads or writes
-  are in flight; each of their callbacks then reports an unraisable 'Event loop is closed'
-  (hundreds of tracebacks). Those are dropped: the exception that ended the operation says
-  what happened. Anything else goes to the previous hook."""
-  if not (isinstance(unraisable.exc_value, RuntimeError) and unraisable.object is None
-          and str(unraisable.exc_value) == 'Event loop is closed'):
-    fallback(unraisable)
-
-
-sys.unraisablehook = functools.partial(_drop_closed_loop_callbacks, fallback=sys.unraisablehook)
 
 
 class Checkpoints:
@@ -109,22 +74,31 @@ class Checkpoints:
       yield
     except Exception:
       if not fileio.is_remote(self.directory) and jax.process_index() == 0:
-        for partial in self.directory.glob('*.orbax-checkpoint-tmp*'):
-          shutil.rmtree(partial, ignore_errors=True)
+        self._remove_partial_saves()
       raise
+
+  def _remove_partial_saves(self, settle_s: float = 0.5, timeout_s: float = 60.0) -> None:
+    """The failure of one array's write ends the save while tensorstore's writes of the
+    others are still in flight, and each of those creates the folders it writes into again:
+    one removal can come too early, or fail on a folder being filled. So the folders are
+    removed until none has come back for ``settle_s`` (at most ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+      partials = list(self.directory.glob('*.orbax-checkpoint-tmp*'))
+      for partial in partials:
+        shutil.rmtree(partial, ignore_errors=True)
+      if not partials or time.monotonic() > deadline:
+        return
+      time.sleep(settle_s)
 
   @contextlib.contextmanager
   def _reading(self, step: int):
     """Turns any failure of a read of ``step`` into one CheckpointError (orbax raises many
     types for a damaged directory)."""
-    _read_errors.reading += 1
     try:
       yield
     except Exception as e:
-      _read_errors.failed = True
       raise self._unreadable(step, e) from e
-    finally:
-      _read_errors.reading -= 1
 
   def read_meta(self, step: int) -> dict:
     with self._reading(step):

@@ -1,14 +1,18 @@
-"""One training run per workdir: WORKDIR/train.lock, created atomically by the run's process 0.
+"""One training run per workdir: WORKDIR/train.lock, held by the run's process 0.
 
-The lock records host, pid, the process's start time (from /proc, to tell a live run from a
-new process that reuses a dead run's pid) and the boot id. A lock whose process is gone on
-this host (kill -9, a crash, a reboot) is stale: the next run replaces it. A lock from another
-host cannot be checked from here and is honoured; if that run is gone, delete the file.
+The lock is the kernel's (``fcntl.flock`` on the file), so it is released when its process
+ends however it ends (kill -9, a crash): no guessing whether a recorded pid is still alive.
+The file also records host, pid and start time, for the message a second run prints. A record
+left behind by a run on another host is honoured, since a file system shared between hosts
+may keep flock locks per host: if that run is gone, delete the file (the error says so).
 
-Workdirs in a bucket (gs://) are not locked: an object store offers no atomic
-create-if-absent through etils.epath. Start one run per such workdir.
+Workdirs in a bucket (gs://) are not locked: an object store offers no lock through
+etils.epath. Nor are folders on a file system without flock (some cluster file systems): the
+run says so in a line. Start one run per such workdir.
 """
 import datetime
+import errno
+import fcntl
 import json
 import os
 import socket
@@ -22,83 +26,79 @@ from flowpp_jax.runtime import fileio
 LOCK_FILE = 'train.lock'
 
 
-def _proc_start(pid: int) -> str:
-  """The process's start time in clock ticks since boot ('' where /proc is not there)."""
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[19]
-  except (OSError, IndexError):
-    return ''
-
-
-def _boot_id() -> str:
-  try:
-    with open('/proc/sys/kernel/random/boot_id') as f:
-      return f.read().strip()
-  except OSError:
-    return ''
-
-
 def _record() -> dict:
   return {'host': socket.gethostname(), 'pid': os.getpid(),
-          'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-          'proc_start': _proc_start(os.getpid()), 'boot_id': _boot_id()}
+          'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
 
 
-def _alive(record: dict) -> bool:
-  """Whether the run that wrote ``record`` may still be running (always, for another host)."""
-  if record.get('host') != socket.gethostname():
-    return True
-  if record.get('boot_id') and record['boot_id'] != _boot_id():
-    return False  # written before a reboot
-  pid = int(record.get('pid', -1))
+def _read_record(fd: int) -> dict:
+  """The record in the lock file, or {} (empty: its holder has not written it yet)."""
   try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    pass  # someone else's live process
-  # A live pid that started at another time is a new process reusing the number.
-  return not record.get('proc_start') or record['proc_start'] == _proc_start(pid)
+    return json.loads(os.pread(fd, 4096, 0).decode() or '{}')
+  except (OSError, ValueError):
+    return {}
 
 
 class WorkdirLock:
-  """Held from acquire() to release(); acquire raises ValueError when a live run holds it."""
+  """Held from acquire() to release(); acquire raises ValueError when another run holds it.
+  ``unlocked`` says why a workdir could not be locked (None when it is)."""
 
   def __init__(self, workdir):
     self.path = fileio.path(workdir) / LOCK_FILE
-    self._held = False
+    self.unlocked = None
+    self._fd = None
 
   def acquire(self) -> 'WorkdirLock':
     if fileio.is_remote(self.path):
+      self.unlocked = 'a bucket has no file locks'
       return self
-    for _ in range(2):  # a second try after removing a stale lock
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        try:
-          record = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-          record = {}  # half-written by a process killed at that instant: stale
-        if record and _alive(record):
-          workdir = self.path.parent
-          hint = ('' if record.get('host') == socket.gethostname() else
-                  f' (another host: if that run is gone, delete {self.path})')
-          raise ValueError(f'{workdir} is in use by pid {record.get("pid")} on '
-                           f'{record.get("host")} since {record.get("started")}; stop that '
-                           f'run or pass another --workdir{hint}') from None
-        self.path.unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        record = _read_record(fd)
+        os.close(fd)
+        raise ValueError(self._in_use(record)) from None
+      except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+          raise
+        self.unlocked = f'its file system has no file locks ({e.strerror})'
+        return self
+      # A holder that released removed the file after we opened it: lock the new one instead.
+      try:
+        current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        current = False
+      if not current:
+        os.close(fd)
         continue
-      with os.fdopen(fd, 'w') as f:
-        f.write(json.dumps(_record()) + '\n')
-      self._held = True
+      record = _read_record(fd)
+      if record and record.get('host') != socket.gethostname():
+        os.close(fd)
+        raise ValueError(self._in_use(record))
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (json.dumps(_record()) + '\n').encode(), 0)
+      self._fd = fd
       return self
-    raise ValueError(f'{self.path} keeps reappearing: another run is starting on this workdir')
+
+  def _in_use(self, record: dict) -> str:
+    workdir = self.path.parent
+    if not record:
+      return (f'{workdir} is in use by a run that is starting ({self.path} holds no record '
+              'yet); stop that run or pass another --workdir')
+    hint = ('' if record.get('host') == socket.gethostname() else
+            f' (another host: if that run is gone, delete {self.path})')
+    return (f'{workdir} is in use by pid {record.get("pid")} on {record.get("host")} since '
+            f'{record.get("started")}; stop that run or pass another --workdir{hint}')
 
   def release(self) -> None:
-    if self._held:
+    if self._fd is not None:
+      # Removed while still held, so that no other run can hold the file it names meanwhile.
       self.path.unlink(missing_ok=True)
-      self._held = False
+      os.close(self._fd)
+      self._fd = None
 
 
 def hold(workdir) -> WorkdirLock:

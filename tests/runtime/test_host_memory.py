@@ -21,6 +21,7 @@ def huge_pages_machine(monkeypatch):
   """This machine, made one where the tunable applies (glibc 2.35, huge pages on)."""
   monkeypatch.setattr(host_memory, '_glibc_version', lambda: (2, 35))
   monkeypatch.setattr(host_memory, '_thp_available', lambda: True)
+  monkeypatch.setattr(host_memory, '_accelerator_plugin_installed', lambda: False)
   return monkeypatch
 
 
@@ -38,6 +39,25 @@ def test_tunable_is_left_out_where_it_does_not_apply(huge_pages_machine, glibc, 
   huge_pages_machine.setattr(host_memory, '_glibc_version', lambda: glibc)
   huge_pages_machine.setattr(host_memory, '_thp_available', lambda: thp)
   assert host_memory.tuned_environment({'PATH': '/bin'}) is None
+
+
+def test_no_reexecution_where_an_accelerator_will_run(huge_pages_machine):
+  assert host_memory.tuned_environment({'JAX_PLATFORMS': 'cuda,cpu'}) is None
+  assert host_memory.tuned_environment({'JAX_PLATFORMS': 'tpu'}) is None
+  assert host_memory.tuned_environment({'JAX_PLATFORMS': 'cpu'}) is not None
+  huge_pages_machine.setattr(host_memory, '_accelerator_plugin_installed', lambda: True)
+  assert host_memory.tuned_environment({}) is None  # a CUDA or TPU plugin: its device runs
+  assert host_memory.tuned_environment({'JAX_PLATFORMS': 'cpu'}) is not None
+
+
+def test_an_accelerator_backend_is_never_missed():
+  """jax finds its accelerator plugins through the 'jax_plugins' entry points: where the check
+  sees none, jax runs on the CPU (a plugin without a device also falls back to it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != 'cpu':
+    assert host_memory._accelerator_plugin_installed()
+  if not host_memory._accelerator_plugin_installed():
+    assert jax.default_backend() == 'cpu'
 
 
 def _run(extra_env):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import flowpp_jax
-from conftest import OFFICIAL, ROOT, assert_one_error_line, load_config, official_fixture_config
+from conftest import (OFFICIAL, ROOT, assert_one_error_line, initialised_workdir, load_config,
+                      official_fixture_config)
 from flowpp_jax import architecture
 from flowpp_jax.model import FlowPlusPlus
 from flowpp_jax.tools import import_weights, official_names
@@ -262,12 +263,7 @@ def test_import_then_export_gives_the_file_back_and_the_workdir_samples(tmp_path
 def test_exported_run_imports_evaluates_and_resumes(tmp_path):
   """digits: a run exported to official names and imported again has the same EMA parameters
   (same bits/dim through the API), evaluates, and trains on from the imported state."""
-  config = load_config('digits', 'tiny')
-  exp = experiment.Experiment(config, tmp_path / 'original', device_count=1)
-  exp.save(exp.init_state())
-  exp.checkpoints.wait()
-  exp.checkpoints.close()
-  exp.write_config()
+  config = initialised_workdir(tmp_path / 'original')
   import_weights.export_weights(tmp_path / 'original', str(tmp_path / 'digits.npz'))
   import_weights.import_weights(config, str(tmp_path / 'digits.npz'), tmp_path / 'imported')
   images = experiment.Experiment(config, tmp_path / 'original', read_only=True).source('test')
