@@ -6,8 +6,10 @@ import tempfile
 
 # The suite's time is almost all XLA:CPU compilation; LLVM's optimisation passes are most of
 # that (a tiny model's init compiles in 10 s instead of 24 s without them) and change no
-# result the tests check. Set before JAX creates its CPU backend.
-os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
+# result the tests check. Set before JAX creates its CPU backend. FLOWPP_TEST_XLA_DEFAULTS=1
+# keeps XLA's defaults, as users run it (CI runs the bit-identical resume test so).
+if not os.environ.get('FLOWPP_TEST_XLA_DEFAULTS'):
+  os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
 # The trainer tests start several processes that compile the same programs: a persistent
 # compilation cache, shared through the environment, compiles each program once per session.
 _CACHE_DIR = tempfile.mkdtemp(prefix='flowpp_jax_tests_jax_cache_')
