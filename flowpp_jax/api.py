@@ -12,9 +12,10 @@ Everything uses the EMA parameters of the run's latest checkpoint (or of ``step`
 import jax
 import numpy as np
 
+from flowpp_jax import model as model_lib
 from flowpp_jax import objective
 from flowpp_jax.runtime import parallel
-from flowpp_jax.trainer import experiment, sampling, steps
+from flowpp_jax.trainer import checkpointing, experiment, sampling, steps
 
 
 class TrainedModel:
@@ -23,15 +24,17 @@ class TrainedModel:
 
   def __init__(self, workdir, step=None):
     self.config = experiment.load_config(workdir)
-    exp = experiment.Experiment(self.config, workdir, read_only=True, device_count=1)
+    self.model = model_lib.FlowPlusPlus(self.config.model)
+    checkpoints = checkpointing.Checkpoints(workdir, read_only=True)
     try:
-      state = exp.restore(step)
+      step = checkpoints.latest_step() if step is None else step
+      if step is None:
+        raise ValueError(f'no checkpoint in {checkpoints.directory}')
+      state = checkpoints.restore(step, experiment.abstract_state(self.config, self.model),
+                                  self.config.model)
     finally:
-      exp.checkpoints.close()
-    if state is None:
-      raise ValueError(f'no checkpoint in {exp.checkpoints.directory}')
+      checkpoints.close()
     self.step = int(state.step)
-    self.model = exp.model
     self.params = jax.device_put(state.ema_params)
     self._log_probs = {}  # num_samples -> log_prob's program
     self._encode = jax.jit(lambda params, x, key: self.model.apply(

@@ -10,8 +10,9 @@ official launchers. For example the CIFAR-10 main flow is 'checker4 s2d channel2
 
 The N steps of a stage share their shapes, so with ``scan=True`` they run as one ``nn.scan``
 (CouplingSteps): their parameters are stacked on a leading [N] axis and XLA compiles one step
-per stage, which keeps compile time flat in depth; ``scan=False`` unrolls them. ``remat`` recomputes each step's activations in the backward
-pass (jax.checkpoint) instead of storing them, trading ~1/3 more compute for memory.
+per stage, which keeps compile time flat in depth; ``scan=False`` unrolls them. ``remat``
+recomputes each step's activations in the backward pass (jax.checkpoint) instead of storing
+them: memory for compute (the figures: docs/training.md).
 """
 import re
 from typing import Any, List, Sequence
@@ -51,13 +52,14 @@ def make_split(kind: str, checkerboard: str):
   return bij.Checkerboard2DSplit() if checkerboard == '2d' else bij.CheckerboardSplit()
 
 
-def make_coupling(flow_cfg, *, dropout: float, dtype: Any, scan: bool = True, name=None):
+def make_coupling(flow_cfg, *, dropout: float, dtype: Any, scan: bool = True,
+                  one_block_attention: bool = False, name=None):
   """One coupling layer (with its own conditioner) from a flow config."""
   net = Conditioner(
       filters=flow_cfg.filters, blocks=flow_cfg.blocks, mixer=flow_cfg.mixer,
       heads=flow_cfg.heads, dropout=dropout, weight_norm=flow_cfg.weight_norm,
       out_concat_elu=flow_cfg.out_concat_elu, out_kernel=flow_cfg.out_kernel, dtype=dtype,
-      scan=scan)
+      scan=scan, one_block_attention=one_block_attention)
   if flow_cfg.coupling == 'affine':
     return bij.AffineCoupling(net, name=name)
   return bij.MixLogisticCoupling(net, flow_cfg.components, name=name)
@@ -73,6 +75,7 @@ class _ScannedStep(nn.Module):
   dropout: float
   dtype: Any
   scan: bool
+  one_block_attention: bool
   inverse: bool
   deterministic: bool
 
@@ -82,7 +85,7 @@ class _ScannedStep(nn.Module):
       layers.append(bij.Pointwise(name='pointwise'))
     self.layers = layers + [
         make_coupling(self.flow_cfg, dropout=self.dropout, dtype=self.dtype, scan=self.scan,
-                      name='coupling'),
+                      one_block_attention=self.one_block_attention, name='coupling'),
         bij.TupleFlip()]
 
   def __call__(self, carry, context):
@@ -107,12 +110,13 @@ class CouplingSteps(bij.Bijector):
   dtype: Any = jnp.float32
   remat: bool = False
   scan: bool = True
+  one_block_attention: bool = False  # backend.attention's one_block
 
   @nn.compact
   def __call__(self, x, context=None, *, inverse=False, deterministic=True):
     body = nn.remat(_ScannedStep, prevent_cse=not self.scan) if self.remat else _ScannedStep
-    fields = (self.flow_cfg, self.norm, self.dropout, self.dtype, self.scan, inverse,
-              deterministic)
+    fields = (self.flow_cfg, self.norm, self.dropout, self.dtype, self.scan,
+              self.one_block_attention, inverse, deterministic)
     carry = (x, zero_log_det(x))
     if not self.scan:
       steps = [body(*fields, name=f'step{i}') for i in range(self.count)]
@@ -128,7 +132,8 @@ class CouplingSteps(bij.Bijector):
 
 def build_layers(flow_cfg, *, checkerboard: str, norm: str, dropout: float,
                  dtype: Any = jnp.float32, remat: bool = False, scan: bool = True,
-                 first: Sequence[Any] = (), last: Sequence[Any] = ()) -> List[Any]:
+                 one_block_attention: bool = False, first: Sequence[Any] = (),
+                 last: Sequence[Any] = ()) -> List[Any]:
   """The list of bijectors of one flow, in forward order, between ``first`` and ``last``."""
   layers = list(first)
   for kind, steps in parse_layout(flow_cfg.layout):
@@ -136,7 +141,8 @@ def build_layers(flow_cfg, *, checkerboard: str, norm: str, dropout: float,
       layers.append(bij.SpaceToDepth())
       continue
     layers.append(make_split(kind, checkerboard))
-    layers.append(CouplingSteps(flow_cfg, steps, norm, dropout, dtype, remat, scan))
+    layers.append(CouplingSteps(flow_cfg, steps, norm, dropout, dtype, remat, scan,
+                                one_block_attention))
     layers.append(bij.Inverse(make_split(kind, checkerboard)))
   return layers + list(last)
 

@@ -35,6 +35,7 @@ class ContextNet(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   scan: bool = True
+  one_block_attention: bool = False
 
   @nn.compact
   def __call__(self, x, *, deterministic=True):
@@ -49,7 +50,7 @@ class ContextNet(nn.Module):
     return GatedStack(mixer=cfg.context_mixer, heads=cfg.heads, dropout=self.dropout,
                       blocks=cfg.context_blocks, use_nin=False, layer_norm=cfg.context_layer_norm,
                       weight_norm=cfg.weight_norm, dtype=self.dtype, scan=self.scan,
-                      name='stack')(
+                      one_block_attention=self.one_block_attention, name='stack')(
                           h, None, pos_emb, deterministic=deterministic)
 
 
@@ -63,13 +64,15 @@ class VariationalDequantizer(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   scan: bool = True
+  one_block_attention: bool = False
 
   def setup(self):
     self.context = ContextNet(self.cfg, self.num_levels, self.checkerboard, self.dropout,
-                              self.dtype, self.scan)
+                              self.dtype, self.scan, self.one_block_attention)
     self.flow = Chain(architecture.build_layers(
         self.cfg, checkerboard=self.checkerboard, norm=self.norm, dropout=self.dropout,
-        dtype=self.dtype, remat=self.remat, scan=self.scan, last=[Sigmoid()]))
+        dtype=self.dtype, remat=self.remat, scan=self.scan,
+        one_block_attention=self.one_block_attention, last=[Sigmoid()]))
 
   def __call__(self, x, rng, *, deterministic=True):
     return self.from_noise(x, normal_init(1.0)(rng, x.shape), deterministic=deterministic)

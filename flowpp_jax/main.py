@@ -11,66 +11,43 @@ sample: config.sample.num images -> DIR/samples/. summary: parameter counts.
 The multi-process flags: flowpp_jax/runtime/distributed.py. The modes: flowpp_jax/trainer/.
 Bad input prints one `error: ...` line and exits with status 2.
 """
-import sys
-
-from flowpp_jax.runtime import host_memory
-
 if __name__ == '__main__':  # before the heavy imports, which a re-execution would repeat
+  from flowpp_jax.runtime import host_memory
   host_memory.reexec_with_huge_pages()
 
-from absl import flags
-from ml_collections import config_flags
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from flowpp_jax import model as model_lib
 from flowpp_jax.runtime import cli, cpu_devices, distributed
-from flowpp_jax.tools import summary
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, samples.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'summary'],
-                          'What to run.')
-_DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Join a multi-process run whose settings jax.distributed detects '
-    '(Cloud TPU pod slice, SLURM, Open MPI).')
-_MULTI_PROCESS_HELP = {'coordinator_address': 'HOST:PORT of process 0',
-                       'num_processes': 'the number of processes',
-                       'process_id': 'this process, 0 .. num_processes - 1'}
-_MULTI_PROCESS = {
-    name: (flags.DEFINE_string if name == 'coordinator_address' else flags.DEFINE_integer)(
-        name, None, f'Multi-process run: {text} (default: ${distributed.ENV_VARS[name]}).')
-    for name, text in _MULTI_PROCESS_HELP.items()}
-_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
-    'coordinator_timeout', distributed.DEFAULT_TIMEOUT_S, 'Multi-process run: seconds to wait '
-    'for all processes to join before giving up with an error.')
-
-
-def start_borrowing_command(argv, command: str, allowed=('config',)) -> None:
-  """The first checks of a command that imports this module for its --config (and the flags
-  in ``allowed``): no positional arguments, none of main's other flags."""
-  cli.refuse_arguments(argv)
-  for flag in flags.FLAGS.get_flags_for_module(sys.modules[__name__]):
-    if flag.name not in allowed and flag.present:
-      cli.fail(f'--{flag.name} is a flag of flowpp_jax.main, not of {command}')
-
-
-def load_config():
-  """The --config file with its overrides applied; a missing or unreadable file is one
-  error line."""
-  try:
-    config = _CONFIG.value
-    config.model  # pylint: disable=pointless-statement  (a failed load raises on first use)
-  except OSError as e:
-    cli.fail(str(e).splitlines()[0] + f' ({flags.FLAGS["config"].serialize()} not found?)')
-  return config
+if __name__ == '__main__':  # a command's flags exist where it runs: absl's are process-wide
+  _CONFIG = cli.define_config()
+  flags.adopt_module_key_flags(cli)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, samples.')
+  _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample', 'summary'],
+                            'What to run.')
+  _DISTRIBUTED = flags.DEFINE_bool(
+      'distributed', False, 'Join a multi-process run whose settings jax.distributed detects '
+      '(Cloud TPU pod slice, SLURM, Open MPI).')
+  _MULTI_PROCESS_HELP = {'coordinator_address': 'HOST:PORT of process 0',
+                         'num_processes': 'the number of processes',
+                         'process_id': 'this process, 0 .. num_processes - 1'}
+  _MULTI_PROCESS = {
+      name: (flags.DEFINE_string if name == 'coordinator_address' else flags.DEFINE_integer)(
+          name, None, f'Multi-process run: {text} (default: ${distributed.ENV_VARS[name]}).')
+      for name, text in _MULTI_PROCESS_HELP.items()}
+  _COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+      'coordinator_timeout', distributed.DEFAULT_TIMEOUT_S, 'Multi-process run: seconds to wait '
+      'for all processes to join before giving up with an error.')
 
 
 def main(argv):
   cli.refuse_arguments(argv)
-  config = load_config()
+  config = cli.load_config(_CONFIG)
   try:
     model_lib.FlowPlusPlus(config.model)  # checks the model config before anything starts
     if _MODE.value == 'summary':
+      from flowpp_jax.trainer import summary  # pylint: disable=g-import-not-at-top
       summary.print_summary(config.model)
       return
     if not _WORKDIR.value:

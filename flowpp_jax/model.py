@@ -6,7 +6,6 @@ conditioner sizes, dropout, compute dtype. All outputs are per example.
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,6 +61,9 @@ class FlowPlusPlus(nn.Module):
   call it on a real batch with ``deterministic=False`` and rngs {'params', 'dropout'}.
   """
   config: Any  # the ``model`` ConfigDict
+  # Attention as one block of XLA operations (no query loop, no cuDNN): the same function,
+  # for XLA's cost analysis (flowpp_jax/bench.py).
+  one_block_attention: bool = False
 
   def __post_init__(self):
     validate_config(self.config)  # bad input fails where the model is made, in one line
@@ -73,11 +75,11 @@ class FlowPlusPlus(nn.Module):
     self.main_flow = Chain(architecture.build_layers(
         cfg.main, checkerboard=cfg.checkerboard, norm=cfg.norm, dropout=cfg.dropout,
         dtype=dtype, remat=cfg.remat, scan=cfg.scan_layers,
-        first=[LogitPreprocess(cfg.num_levels)]))
+        one_block_attention=self.one_block_attention, first=[LogitPreprocess(cfg.num_levels)]))
     if cfg.dequant.kind == 'variational':
       self.dequantizer = VariationalDequantizer(cfg.dequant, cfg.num_levels, cfg.checkerboard,
                                                 cfg.norm, cfg.dropout, dtype, cfg.remat,
-                                                cfg.scan_layers)
+                                                cfg.scan_layers, self.one_block_attention)
     else:
       self.dequantizer = UniformDequantizer()
 
@@ -160,3 +162,13 @@ def init_variables(model, images, params_key, dropout_key=None, noise_key=None):
   noise_key = params_key if noise_key is None else noise_key
   return model.init({'params': params_key, 'dropout': dropout_key}, images, noise_key,
                     deterministic=False)
+
+
+def inversion_errors(model, params, y):
+  """(max |y - f^-1(f(y))|, max |log det f(y) + log det f^-1(f(y))|) for real-valued y
+  [B, H, W, C] in [0, num_levels), f the main flow, in data units. decode(encode(x)) == x
+  needs the first well below the encode margin."""
+  flow = lambda module, y, inverse: module.main_flow(y, inverse=inverse)
+  z, log_det = model.apply({'params': params}, y, inverse=False, method=flow)
+  y_back, inverse_log_det = model.apply({'params': params}, z, inverse=True, method=flow)
+  return jnp.max(jnp.abs(y_back - y)), jnp.max(jnp.abs(log_det + inverse_log_det))

@@ -2,7 +2,6 @@
 the command line's summary mode reports them (and rejects bad input) as documented."""
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ import numpy as np
 from flowpp_jax.data import datasets
 from flowpp_jax.model import FlowPlusPlus
 from flowpp_jax.runtime import parallel
-from flowpp_jax.tools import summary
+from flowpp_jax.trainer import summary
 from flowpp_jax.trainer import optim, steps
 from conftest import ROOT, init_model, load_config
 

@@ -50,7 +50,8 @@ after = snapshot()
 changed = [key for key in before if before[key] != after[key]]
 for key in changed:
   if isinstance(before[key], dict):
-    print(key, {k: (before[key].get(k), after[key].get(k)) for k in set(before[key]) | set(after[key])
+    keys = set(before[key]) | set(after[key])
+    print(key, {k: (before[key].get(k), after[key].get(k)) for k in keys
                 if before[key].get(k) != after[key].get(k)})
   else:
     print(key, before[key], after[key])

@@ -12,7 +12,7 @@ import pytest
 from conftest import init_model, load_config, tiny_model_config
 from flowpp_jax import architecture
 from flowpp_jax.model import FlowPlusPlus
-from flowpp_jax.tools import summary
+from flowpp_jax.trainer import summary
 
 # Two steps per stage and two blocks per conditioner, so both scans have a real loop.
 _LAYOUT = dict(main_layout='checker2 s2d channel2', dequant_layout='checker2')

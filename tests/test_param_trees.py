@@ -7,7 +7,7 @@ commit that introduced it; a deliberate change of the tree rewrites the file in 
 import jax
 import pytest
 
-from flowpp_jax.tools import summary
+from flowpp_jax.trainer import summary
 from conftest import ROOT, load_config
 
 PINNED = ('cifar10', 'imagenet32', 'imagenet64', 'digits')

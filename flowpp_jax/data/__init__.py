@@ -1,2 +1,2 @@
-"""Data: the registry of data sets and their readers, deterministic host-sharded batches,
-preparing tfds data sets, and image files."""
+"""Data: the registry of data sets and their readers, deterministic host-sharded batches
+and image files."""

@@ -1,6 +1,8 @@
-"""Sample grids as PNG files."""
+"""Images as files: sample grids as PNG, and the image files that compression reads and
+writes (a .npy of uint8 [N, H, W, C], or a folder of PNGs)."""
 import io
 import math
+import pathlib
 
 from etils import epath
 import numpy as np
@@ -54,3 +56,56 @@ def save_samples(directory, name: str, samples, num_levels: int, scale: int = 1)
   path = directory / f'{name}.png'
   path.write_bytes(encode_png(grid))
   return path
+
+
+_MODES = {1: 'L', 3: 'RGB'}
+
+
+def read_images(path: str, shape):
+  """IMAGES -> (uint8 [N, H, W, C], names: the PNG files' names, () for an array)."""
+  source = pathlib.Path(path)
+  if source.is_dir():
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() == '.png')
+    if not files:
+      raise ValueError(f'{path} holds no .png files')
+    return np.stack([_read_png(p, shape) for p in files]), tuple(p.name for p in files)
+  if source.suffix != '.npy':
+    raise ValueError(f'{path}: IMAGES must be a .npy file or a folder of PNGs')
+  try:
+    images = np.load(source, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'cannot read {path}: {e}') from None
+  return images, ()
+
+
+def _read_png(path: pathlib.Path, shape) -> np.ndarray:
+  height, width, channels = shape
+  try:
+    with Image.open(path) as image:
+      image.load()
+      mode = image.mode
+      array = np.asarray(image)
+  except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    raise ValueError(f'cannot read image {path}: {e}') from None
+  if mode != _MODES.get(channels):
+    raise ValueError(f'{path} is a {mode} image; the model codes {_MODES.get(channels, "?")} '
+                     f'images ({channels} channel(s)): convert it first')
+  if array.shape[:2] != (height, width):
+    raise ValueError(f'{path} is {array.shape[1]}x{array.shape[0]}, the model codes '
+                     f'{width}x{height} images')
+  return array.reshape(height, width, channels)
+
+
+def write_images(path: str, images: np.ndarray, names) -> None:
+  """uint8 [N, H, W, C] -> IMAGES_OUT (a .npy or a new folder of PNGs), written beside and
+  renamed into place."""
+  folder = not path.endswith('.npy')
+  with fileio.replaced(path, folder=folder) as partial:
+    if not folder:
+      with open(partial, 'wb') as f:
+        np.save(f, images)
+      return
+    names = names or tuple(f'{i:05d}.png' for i in range(len(images)))
+    for name, image in zip(names, images):
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image,
+                      _MODES[image.shape[-1]]).save(partial / name)

@@ -10,10 +10,13 @@ functions here; each keeps the math and changes only how XLA is asked for it:
   scalar code.
 - ``attention``: on an NVIDIA GPU with 16-bit operands, cuDNN's fused flash attention;
   everywhere else flowpp_jax's kernel (``attention.py``), which on the CPU walks the queries
-  in cache-sized chunks and recomputes the softmax statistics in the backward pass.
+  in cache-sized chunks and recomputes the softmax statistics in the backward pass. Its
+  ``one_block`` argument (the model's ``one_block_attention`` field) asks for one block of
+  XLA operations instead, for XLA's cost analysis.
+Every choice is made from the arguments and the backend alone, never from state set around a
+trace, so that a jitted function's cached program is the one its arguments ask for.
 The measurements behind each: docs/performance.md.
 """
-import contextlib
 import os
 from typing import Optional
 
@@ -28,10 +31,9 @@ from flowpp_jax.nn.attention import flash_attention
 # Weights per head held at once by the chunked attention on the CPU: 64K floats (256 KiB), a
 # [128, 512] block at CIFAR-10's 512 positions.
 _CPU_BLOCK_ELEMENTS = 1 << 16
-_chunking = [True]  # default_query_chunk's switch; see unchunked()
 CUDNN_ENV = 'FLOWPP_CUDNN_ATTENTION'  # '0': never cuDNN's fused attention (see cudnn_applies)
 _FUSED_IMPLEMENTATION = 'cudnn'  # jax.nn.dot_product_attention's; the tests run 'xla' on the CPU
-_cudnn_traces = [0]  # see cudnn_traces()
+_CUDNN_CALL = '__cudnn$fmha'  # the custom calls of cuDNN's fused attention in XLA's programs
 
 
 def on_cpu() -> bool:
@@ -98,24 +100,12 @@ def default_query_chunk(num_queries: int, num_keys: int) -> Optional[int]:
   """The query chunk ``attention`` uses when given none: on the CPU the largest divisor of
   ``num_queries`` whose [chunk, num_keys] block stays within _CPU_BLOCK_ELEMENTS; elsewhere
   None (one block: GPU and TPU compilers fuse the passes and have the bandwidth)."""
-  if not _chunking[-1] or not on_cpu():
+  if not on_cpu():
     return None
   chunk = max(1, min(num_queries, _CPU_BLOCK_ELEMENTS // num_keys))
   while num_queries % chunk:
     chunk -= 1
   return chunk
-
-
-@contextlib.contextmanager
-def unchunked():
-  """Within it, ``attention`` traces as one block of XLA operations on every backend: no
-  query loop and no cuDNN call. For XLA's cost analysis, which counts a loop body once and
-  cannot see into cuDNN's kernel (the benchmark counts FLOPs under it)."""
-  _chunking.append(False)
-  try:
-    yield
-  finally:
-    _chunking.pop()
 
 
 def cudnn_applies(dtype, head_dim: int, backend: Optional[str] = None) -> bool:
@@ -129,10 +119,10 @@ def cudnn_applies(dtype, head_dim: int, backend: Optional[str] = None) -> bool:
           and head_dim % 8 == 0 and head_dim <= 128 and os.environ.get(CUDNN_ENV) != '0')
 
 
-def cudnn_traces() -> int:
-  """How many ``attention`` calls this process has handed to cuDNN, counted as they are
-  traced: the benchmark reports whether the program it compiled runs cuDNN's kernel."""
-  return _cudnn_traces[0]
+def runs_cudnn_attention(compiled) -> bool:
+  """Whether a compiled program (``jax.jit(f).lower(...).compile()``) calls cuDNN's fused
+  attention: the benchmark reports which kernel its programs run."""
+  return _CUDNN_CALL in compiled.as_text()
 
 
 def _fused(q, k, v, dtype, implementation):
@@ -144,7 +134,7 @@ def _fused(q, k, v, dtype, implementation):
 
 
 def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1,
-              save_lse: Optional[bool] = None):
+              save_lse: Optional[bool] = None, one_block: bool = False):
   """softmax(q k^T / sqrt(d)) v over the last-but-one axis: q [B, heads, T, d], k and v
   [B, heads, S, d] -> [B, heads, T, d] in at least float32.
 
@@ -152,17 +142,20 @@ def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1,
   Jacobian tests). ``query_chunk`` (a divisor of T; None: all at once; -1: the default,
   ``default_query_chunk``) and ``save_lse`` (None: False on the CPU, True elsewhere) go to
   ``flash_attention``; where ``cudnn_applies``, cuDNN's fused attention runs instead.
+  ``one_block``: one block of XLA operations on every backend, no query loop and no cuDNN
+  call, for XLA's cost analysis, which counts a loop body once and cannot see into cuDNN's
+  kernel (the benchmark counts FLOPs so).
   """
   t = q.shape[-2]
-  if query_chunk == -1:
+  if one_block:
+    query_chunk = None
+  elif query_chunk == -1:
     query_chunk = default_query_chunk(t, k.shape[-2])
   if query_chunk is not None and (query_chunk < 1 or t % query_chunk):
     raise ValueError(f'query_chunk={query_chunk} must be a positive divisor of T={t}')
-  if _chunking[-1] and cudnn_applies(dtype, q.shape[-1]):
+  if not one_block and cudnn_applies(dtype, q.shape[-1]):
     try:
-      out = _fused(q, k, v, dtype, _FUSED_IMPLEMENTATION)
-      _cudnn_traces[0] += 1
-      return out
+      return _fused(q, k, v, dtype, _FUSED_IMPLEMENTATION)
     except (NotImplementedError, RuntimeError, ValueError) as e:  # jax's checks, at trace time
       logging.log_first_n(logging.WARNING, 'cuDNN fused attention not available (%s): '
                           "running flowpp_jax's own attention kernel", 1, e)

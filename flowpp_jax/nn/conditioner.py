@@ -6,10 +6,9 @@ an input projection and an output projection initialised at scale 0.1.
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from flowpp_jax.dtypes import at_least_float32, compute_dtype
+from flowpp_jax.dtypes import compute_dtype
 from flowpp_jax.nn.backend import attention
 from flowpp_jax.nn.layers import Conv, concat_elu, gate, normal_init
 
@@ -51,6 +50,7 @@ class GatedAttention(nn.Module):
   dropout: float = 0.0
   weight_norm: bool = False
   dtype: Any = jnp.float32
+  one_block: bool = False  # backend.attention's: one block of XLA operations
 
   @nn.compact
   def __call__(self, x, pos_emb, *, deterministic=True):
@@ -60,7 +60,7 @@ class GatedAttention(nn.Module):
     # [3, B, heads, H*W, d]: heads ahead of positions, so that the products are plain
     # batched matmuls.
     q, k, v = jnp.transpose(qkv.reshape(b, h * w, 3, self.heads, d), (2, 0, 3, 1, 4))
-    out = attention(q, k, v, compute_dtype(x.dtype, self.dtype))
+    out = attention(q, k, v, compute_dtype(x.dtype, self.dtype), one_block=self.one_block)
     out = jnp.transpose(out, (0, 2, 1, 3)).reshape(b, h, w, f)
     out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
     return x + gate(Conv(2 * f, 1, 0.1, self.weight_norm, self.dtype, name='proj2')(out))
@@ -91,6 +91,7 @@ class _BlockSettings(nn.Module):
   layer_norm: bool = True
   weight_norm: bool = False
   dtype: Any = jnp.float32
+  one_block_attention: bool = False
 
 
 class GatedBlock(_BlockSettings):
@@ -113,7 +114,8 @@ class GatedBlock(_BlockSettings):
     if self.mixer == 'none':
       return x, None
     if self.mixer == 'attention':
-      mixer = GatedAttention(self.heads, **shared, name='attn')
+      mixer = GatedAttention(self.heads, **shared, one_block=self.one_block_attention,
+                             name='attn')
     else:
       mixer = GatedMaxout(**shared, name='maxout')
     x = mixer(x, pos_emb, deterministic=self.deterministic)
@@ -139,7 +141,7 @@ class GatedStack(_BlockSettings):
   @nn.compact
   def __call__(self, x, context=None, pos_emb=None, *, deterministic=True):
     fields = (self.mixer, self.heads, self.dropout, self.use_nin, self.layer_norm,
-              self.weight_norm, self.dtype, deterministic)
+              self.weight_norm, self.dtype, self.one_block_attention, deterministic)
     if not self.scan:
       for i in range(self.blocks):
         x, _ = GatedBlock(*fields, name=f'block{i}')(x, (context, pos_emb))
@@ -171,6 +173,7 @@ class Conditioner(nn.Module):
   out_kernel: int = 3
   dtype: Any = jnp.float32
   scan: bool = True
+  one_block_attention: bool = False
 
   @nn.compact
   def __call__(self, x, context=None, *, num_outputs: int, deterministic=True):
@@ -179,7 +182,7 @@ class Conditioner(nn.Module):
     x = Conv(self.filters, 3, 1.0, self.weight_norm, self.dtype, name='proj_in')(x)
     x = GatedStack(mixer=self.mixer, heads=self.heads, dropout=self.dropout, use_nin=True,
                    weight_norm=self.weight_norm, dtype=self.dtype, blocks=self.blocks,
-                   scan=self.scan, name='stack')(
+                   scan=self.scan, one_block_attention=self.one_block_attention, name='stack')(
                        x, context, pos_emb, deterministic=deterministic)
     if self.out_concat_elu:
       x = concat_elu(x)

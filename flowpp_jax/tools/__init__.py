@@ -1,2 +1,3 @@
-"""Tools around the model: the benchmark, device peaks, the round-trip check, parameter
-summaries, and the import and export of the official weights."""
+"""Developer commands beside the user's ones: the codec's benchmark
+(python -m flowpp_jax.tools.codec_bench) and its comparison with other codecs
+(python -m flowpp_jax.tools.compare_codecs)."""

@@ -32,16 +32,17 @@ import numpy as np
 from flowpp_jax.compression import codec as codec_lib
 from flowpp_jax.model import FlowPlusPlus, init_variables
 from flowpp_jax.runtime import cli
-from flowpp_jax.tools import bench
-# Importing main defines --config (main's other flags are refused below).
-from flowpp_jax import main as main_lib
 
-_IMAGES = flags.DEFINE_integer('images', 3, 'Images to code: two or more whole batches (the '
-                               'first compiles, and a partial one would compile again).')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'Images coded together.')
-_INIT_IMAGES = flags.DEFINE_integer('init_images', 8, 'Images of the data-dependent init.')
+if __name__ == '__main__':  # a command's flags exist where it runs: absl's are process-wide
+  _CONFIG = cli.define_config()
+  flags.adopt_module_key_flags(cli)
+  _IMAGES = flags.DEFINE_integer('images', 3, 'Images to code: two or more whole batches (the '
+                                 'first compiles, and a partial one would compile again).')
+  _BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'Images coded together.')
+  _INIT_IMAGES = flags.DEFINE_integer('init_images', 8, 'Images of the data-dependent init.')
 
-_INIT_SEED, _IMAGES_SEED = 0, 1
+  _INIT_SEED, _IMAGES_SEED = 0, 1
+
 _COARSE = 5  # the colour fields' resolution before upsampling
 _NOISE = 0.02  # the added noise's std, as a fraction of num_levels
 
@@ -124,7 +125,7 @@ def _init(config, images):
 def measure(config, count: int, batch_size: int, init_images: int):
   """-> (figures, per-layer rows, exact): see the module's docstring."""
   start = time.perf_counter()
-  bench.say(f'data-dependent init on {init_images} smooth random images')
+  cli.say(f'data-dependent init on {init_images} smooth random images')
   params = jax.device_get(_init(config, smooth_images(init_images, config.model, _INIT_SEED)))
   figures = {'init_s': time.perf_counter() - start}
   codec = codec_lib.ImageCodec(config.model, params)
@@ -133,13 +134,13 @@ def measure(config, count: int, batch_size: int, init_images: int):
   after_first = count - batch_size
   noise = _record_noise(codec)
 
-  bench.say(f'pass 1: encode {count} images, {batch_size} per batch')
+  cli.say(f'pass 1: encode {count} images, {batch_size} per batch')
   clock = _Clock()
   data = codec.encode(images, batch_size=batch_size, progress=clock)
   figures['encode_first_batch_s'], figures['encode_s_per_image'] = clock.first_and_rest(
       after_first)
   report = codec.last_report
-  bench.say('pass 1: decode')
+  cli.say('pass 1: decode')
   clock = _Clock()
   exact = bool(np.array_equal(codec.decode(data, progress=clock), images))
   figures['decode_first_batch_s'], figures['decode_s_per_image'] = clock.first_and_rest(
@@ -155,7 +156,7 @@ def measure(config, count: int, batch_size: int, init_images: int):
       'batch_overheads': [bits / e - 1 for bits, e in zip(report['batch_bits'], batch_elbo)]})
   figures['overhead'] = figures['coded_bpd'] / figures['elbo_bpd'] - 1
 
-  bench.say('pass 2: the same, each layer call recorded')
+  cli.say('pass 2: the same, each layer call recorded')
   codec.ledger = []
   data = codec.encode(images, batch_size=batch_size)
   encode_calls, codec.ledger = codec.ledger, []
@@ -205,8 +206,8 @@ def format_report(info: dict, figures: dict, rows, exact: bool) -> str:
 
 
 def main(argv):
-  main_lib.start_borrowing_command(argv, 'the codec benchmark')
-  config = main_lib.load_config()
+  cli.refuse_arguments(argv)
+  config = cli.load_config(_CONFIG)
   count, batch_size, init_images = _IMAGES.value, _BATCH_SIZE.value, _INIT_IMAGES.value
   if batch_size < 1 or init_images < 1:
     cli.fail(f'--batch_size and --init_images must be >= 1, got {batch_size} and {init_images}')
@@ -220,7 +221,7 @@ def main(argv):
     figures, rows, exact = measure(config, count, batch_size, init_images)
   except ValueError as e:
     cli.fail(f'{e}'.splitlines()[0])
-  info = {**bench.config_arguments(sys.argv), 'images': count,
+  info = {**cli.config_arguments(sys.argv), 'images': count,
           'image_shape': list(config.model.image_shape), 'batch_size': batch_size,
           'init_images': init_images, 'environment': codec_lib.environment()}
   print(format_report(info, figures, rows, exact))

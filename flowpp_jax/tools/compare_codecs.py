@@ -16,11 +16,13 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from flowpp_jax.data import images as image_files
 from flowpp_jax.runtime import cli
-from flowpp_jax.tools import compress
 
-# --workdir and --batch_size are flowpp_jax.compress's flags.
-FLAGS = flags.FLAGS
+if __name__ == '__main__':  # a command's flags exist where it runs: absl's are process-wide
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of a training run or an import.')
+  _BATCH_SIZE = flags.DEFINE_integer('batch_size', 1, 'Images coded together, as '
+                                     'python -m flowpp_jax.compress --batch_size.')
 
 
 def _pillow(image: np.ndarray, **options) -> int:
@@ -60,12 +62,12 @@ def main(argv):
     cli.fail('usage: python -m flowpp_jax.tools.compare_codecs --workdir=DIR IMAGES.npy')
   from flowpp_jax import api  # pylint: disable=g-import-not-at-top
   try:
-    model = api.load(FLAGS.workdir)
-    images, _ = compress.read_images(argv[1], model.image_shape)
+    model = api.load(_WORKDIR.value)
+    images, _ = image_files.read_images(argv[1], model.image_shape)
     images = model.codec.check_images(images)
     elbo = float(np.mean(model.bpd(images, seed=0)))
     start = time.perf_counter()
-    data = model.compress(images, batch_size=FLAGS.batch_size)
+    data = model.compress(images, batch_size=_BATCH_SIZE.value)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     exact = bool(np.array_equal(model.decompress(data), images))
@@ -73,7 +75,7 @@ def main(argv):
   except ValueError as e:
     cli.fail(f'{e}'.splitlines()[0])
   dims = images.size
-  first = int(np.prod(images.shape[1:])) * min(FLAGS.batch_size, len(images))
+  first = int(np.prod(images.shape[1:])) * min(_BATCH_SIZE.value, len(images))
   bits = model.codec.last_report['batch_bits']
   print(f'{len(images)} images {list(images.shape[1:])}; ELBO (--mode=eval) {elbo:.4f} '
         f'bits/dim; round trip exact: {exact}\n')
@@ -91,5 +93,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  compress.define_flags()
   cli.run(main, required='workdir')

@@ -37,6 +37,9 @@ class Checkpoints:
   def __init__(self, workdir, *, keep: int = 3, read_only: bool = False):
     workdir = fileio.path(workdir)  # orbax writes gs:// itself, if it gets the URI intact
     self.directory = (workdir if fileio.is_remote(workdir) else workdir.absolute()) / 'checkpoints'
+    if read_only and not self.directory.is_dir():
+      raise CheckpointError(f'no checkpoint in {self.directory}; train first (--mode=train '
+                            'with the same --workdir)')
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              save_interval_steps=0)

@@ -55,6 +55,15 @@ def validate_run_config(config, device_count: int) -> None:
   optim.validate_lr_config(config.lr)
 
 
+def abstract_state(config, model) -> steps.TrainState:
+  """The TrainState of ``config`` and ``model``: its structure, shapes and dtypes, computed
+  without allocating it (what a checkpoint is restored into)."""
+  images = jax.ShapeDtypeStruct((config.init_batch_size, *config.model.image_shape), jnp.uint8)
+  direction = optim.adam_direction(config.optimizer)
+  return jax.eval_shape(lambda x: steps.create_state(model_lib.init_variables(
+      model, x, jax.random.PRNGKey(0))['params'], direction), images)
+
+
 class Experiment:
   """One config and one workdir."""
 
@@ -70,9 +79,6 @@ class Experiment:
     self.model = model_lib.FlowPlusPlus(config.model)
     self.direction = optim.adam_direction(config.optimizer)
     self.schedule = optim.learning_rate_schedule(config.lr)
-    if read_only and not (self.workdir / 'checkpoints').is_dir():
-      raise ValueError(f'no checkpoint in {self.workdir / "checkpoints"}; train first '
-                       '(--mode=train with the same --workdir)')
     if not read_only:
       fileio.makedirs(self.workdir)
     self.checkpoints = checkpointing.Checkpoints(self.workdir, keep=config.keep_checkpoints,
@@ -109,9 +115,7 @@ class Experiment:
 
   def abstract_state(self) -> steps.TrainState:
     """The TrainState's structure, shapes and dtypes, computed without allocating it."""
-    images = jax.ShapeDtypeStruct((self.config.init_batch_size, *self.info.image_shape),
-                                  jnp.uint8)
-    return jax.eval_shape(self._initial_state, images)
+    return abstract_state(self.config, self.model)
 
   def restore(self, step=None):
     """The TrainState (host arrays) of checkpoint ``step`` (default: the latest), or None when

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from flowpp_jax.data import datasets
-from flowpp_jax.tools import compress
+from flowpp_jax.data import images as image_files
 from conftest import ROOT, assert_one_error_line
 
 
@@ -67,7 +67,7 @@ def test_a_png_folder_round_trips_bit_for_bit(workdir, encoded, tmp_path):
   result = run('flowpp_jax.compress', f'--workdir={workdir}', 'decode',
                str(out), str(tmp_path / 'back.npy'))
   assert result.returncode == 0, result.stderr[-3000:]
-  as_read, _ = compress.read_images(str(folder), (8, 8, 1))
+  as_read, _ = image_files.read_images(str(folder), (8, 8, 1))
   np.testing.assert_array_equal(np.load(tmp_path / 'back.npy'), as_read)
 
 

@@ -1,6 +1,5 @@
 """Your own images: a folder of PNGs and JPEGs and NumPy arrays, decoded once into the cache,
 split deterministically and pinned by the workdir's record; n-bit reduction; bad input."""
-import json
 import types
 
 import ml_collections

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 from scipy import special
 
+from flowpp_jax.model import FlowPlusPlus
 from flowpp_jax.nn import backend
-from flowpp_jax.nn.backend import attention, default_query_chunk, unchunked
+from flowpp_jax.nn.backend import attention, default_query_chunk
 
 try:  # Older jax versions.
   from jax.experimental import enable_x64
@@ -131,8 +132,9 @@ def test_default_chunk_divides_the_queries_and_bad_chunks_are_refused():
       attention(q, k, v, jnp.float32, bad)
 
 
-def test_unchunked_traces_one_block_for_the_cost_analysis():
-  """XLA counts a loop body once: under unchunked() the count covers every query."""
+def test_one_block_traces_every_query_for_the_cost_analysis():
+  """XLA counts a loop body once: with one_block the count covers every query. The choice is
+  an argument, so one jitted function never runs the other's program."""
   q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(9))
 
   def flops(**kwargs):
@@ -141,10 +143,31 @@ def test_unchunked_traces_one_block_for_the_cost_analysis():
 
   whole = flops(query_chunk=None)
   assert flops(query_chunk=2) < whole / 2  # one of four chunks counted
-  with unchunked():
-    assert default_query_chunk(512, 512) is None
-    assert flops() == whole
-  assert default_query_chunk(512, 512) == (128 if jax.default_backend() == 'cpu' else None)
+  assert flops(query_chunk=2, one_block=True) == flops(one_block=True) == whole
+  np.testing.assert_allclose(attention(q, k, v, query_chunk=2),
+                             attention(q, k, v, one_block=True), rtol=1e-6, atol=1e-6)
+
+
+def test_the_models_one_block_attention_is_its_own_program(tiny_config):
+  """The benchmark's FLOP count: the model with one_block_attention is another module, so
+  jit traces it afresh and its cost analysis counts every query chunk."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip('query chunks are the CPU backend\'s')
+  tiny_config.image_shape = (32, 32, 3)  # 512 positions at the first stage: 4 query chunks
+  model = FlowPlusPlus(tiny_config)
+  images = jnp.zeros((1, 32, 32, 3), jnp.uint8)
+  params = jax.eval_shape(lambda: model.init(
+      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, images,
+      jax.random.PRNGKey(2)))['params']
+
+  def flops(module):
+    lowered = jax.jit(lambda p, x: module.apply({'params': p}, x, jax.random.PRNGKey(3))).lower(
+        params, images)
+    analysis = lowered.cost_analysis()
+    return (analysis[0] if isinstance(analysis, (list, tuple)) else analysis)['flops']
+  chunked = flops(model)
+  assert flops(model.clone(one_block_attention=True)) > chunked
+  assert flops(model) == chunked
 
 
 def _fused_path_on_the_cpu(monkeypatch):
@@ -201,24 +224,31 @@ def test_cudnn_refusal_falls_back_to_the_own_kernel(monkeypatch):
   warnings = []
   monkeypatch.setattr(backend.logging, 'log_first_n', lambda *a: warnings.append(a))
   q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(13))
-  traces = backend.cudnn_traces()
-  got = jax.jit(lambda *a: attention(*a, jnp.bfloat16))(q, k, v)
+  compiled = jax.jit(lambda *a: attention(*a, jnp.bfloat16)).lower(q, k, v).compile()
+  got = compiled(q, k, v)
   assert warnings and 'cuDNN' in warnings[0][1]
-  assert backend.cudnn_traces() == traces  # refused: not counted
+  assert not backend.runs_cudnn_attention(compiled)  # refused: not in the program
   monkeypatch.setattr(backend, 'cudnn_applies', lambda *a, **k: False)
   np.testing.assert_array_equal(got, jax.jit(lambda *a: attention(*a, jnp.bfloat16))(q, k, v))
 
 
 def test_cost_analysis_traces_the_xla_products_not_cudnn(monkeypatch):
-  """XLA cannot count FLOPs inside cuDNN's kernel: under unchunked() no fused call is made."""
+  """XLA cannot count FLOPs inside cuDNN's kernel: with one_block no fused call is made."""
   _fused_path_on_the_cpu(monkeypatch)
   calls = []
   fused = backend._fused
   monkeypatch.setattr(backend, '_fused', lambda *a: calls.append(1) or fused(*a))
   q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(14))
-  traces = backend.cudnn_traces()
-  with unchunked():
-    attention(q, k, v, jnp.bfloat16)
-  assert not calls and backend.cudnn_traces() == traces
+  attention(q, k, v, jnp.bfloat16, one_block=True)
+  assert not calls
   attention(q, k, v, jnp.bfloat16)
-  assert calls and backend.cudnn_traces() == traces + 1
+  assert calls
+
+
+def test_the_cudnn_check_reads_the_compiled_program():
+  class Program:
+    def __init__(self, text):
+      self.as_text = lambda: text
+  call = 'custom-call(...), custom_call_target="__cudnn$fmhaSoftmax"'
+  assert backend.runs_cudnn_attention(Program(call))
+  assert not backend.runs_cudnn_attention(Program('dot(...)'))

@@ -10,7 +10,8 @@ from conftest import initialised_workdir
 from flowpp_jax import config_defaults as d
 from flowpp_jax.data import datasets, own_images
 from flowpp_jax.runtime import fileio
-from flowpp_jax.tools import compress, import_weights
+from flowpp_jax.data import images as image_files
+from flowpp_jax.official import weights as official_weights
 
 
 class Interrupted(BaseException):
@@ -54,13 +55,13 @@ def test_decoded_images_interrupted(tmp_path, monkeypatch):
   images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
   monkeypatch.setattr(Image.Image, 'save', interrupt_after(2, Image.Image.save))
   with pytest.raises(Interrupted):
-    compress.write_images(str(tmp_path / 'pngs'), images, ())
+    image_files.write_images(str(tmp_path / 'pngs'), images, ())
   monkeypatch.setattr(np, 'save', interrupt_after(0, np.save))
   with pytest.raises(Interrupted):
-    compress.write_images(str(tmp_path / 'images.npy'), images, ())
+    image_files.write_images(str(tmp_path / 'images.npy'), images, ())
   assert_left_nothing(tmp_path)
   monkeypatch.undo()
-  compress.write_images(str(tmp_path / 'pngs'), images, ())
+  image_files.write_images(str(tmp_path / 'pngs'), images, ())
   assert len(list((tmp_path / 'pngs').iterdir())) == 5
 
 
@@ -72,7 +73,7 @@ def test_export_interrupted(tmp_path, monkeypatch):
     raise Interrupted
   monkeypatch.setattr(np, 'savez', half_written)
   with pytest.raises(Interrupted):
-    import_weights.export_weights(tmp_path / 'run', str(tmp_path / 'out.npz'))
+    official_weights.export_weights(tmp_path / 'run', str(tmp_path / 'out.npz'))
   assert_left_nothing(tmp_path, 'run')
 
 

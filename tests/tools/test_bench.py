@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from flowpp_jax.runtime import cpu_devices
-from flowpp_jax.tools import accelerators
+from flowpp_jax.runtime import accelerators
 from conftest import ROOT
 
 TINY = '--config=configs/digits.py:tiny'

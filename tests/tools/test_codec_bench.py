@@ -49,7 +49,7 @@ def test_four_images_in_two_batches():
     (('--images=1',), 'at least two batches'),
     (('--images=5', '--batch_size=2'), '--images must be a multiple of --batch_size'),
     (('--batch_size=0',), '--batch_size and --init_images must be >= 1'),
-    (('--workdir=/tmp/x',), '--workdir is a flag of flowpp_jax.main'),
+    (('--workdir=/tmp/x',), "Unknown command line flag 'workdir'"),
     (('--config.model.num_levels=1',), 'model.num_levels'),
 ])
 def test_bad_flags_are_one_error_line(args, fragment):

@@ -26,4 +26,4 @@ def test_roundtrip_reports_a_tight_inverse():
 
 def test_roundtrip_refuses_main_flags():
   assert_one_error_line(roundtrip('--config=configs/digits.py:tiny', '--mode=eval'),
-                        '--mode is a flag of flowpp_jax.main, not of the round-trip check')
+                        "bad command line: Unknown command line flag 'mode'")

@@ -12,7 +12,7 @@ from conftest import OFFICIAL, load_config, official_fixture_config
 from flowpp_jax import architecture, objective
 from flowpp_jax import config_defaults as d
 from flowpp_jax.model import FlowPlusPlus
-from flowpp_jax.tools import import_weights
+from flowpp_jax.official import weights as official_weights
 from flowpp_jax.trainer import optim, steps
 
 # Adam's first updates are close to lr * sign(g): where a gradient element is near zero, float
@@ -33,7 +33,7 @@ def run_official_steps(data, names, info):
   assert load_config('cifar10').optimizer.grad_clip_norm == info['max_grad_norm']
   config.lr = d.lr_config(peak=info['lr'], warmup_steps=0)  # the fixture's constant rate
   config.model.dropout = info['dropout_p']
-  nmap = import_weights.name_map(config.model)
+  nmap = official_weights.name_map(config.model)
   init = architecture.scanned_params(nmap.from_official({n: data[f'init/{n}'] for n in names}))
   direction = optim.adam_direction(config.optimizer)
   schedule = optim.learning_rate_schedule(config.lr)

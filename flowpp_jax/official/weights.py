@@ -1,28 +1,21 @@
-"""Command line: the authors' trained Flow++ weights as a flowpp_jax workdir, and back.
+"""The authors' trained Flow++ weights read into a flowpp_jax workdir, and written back.
 
-  python -m flowpp_jax.import_weights --config=configs/cifar10.py --weights=PATH --workdir=DIR
-                                      [--config.FIELD=VALUE ...]
-  python -m flowpp_jax.import_weights --workdir=DIR --export=OUT.npz [--export_layout=...]
-
-PATH is one of:
+Reads (``read_weights``):
 - an .npz of the official TensorFlow variable names, as the authors' local bits-back
   repository (hojonathanho/localbitsback) distributes their models: CIFAR-10's keyed by the
   names, ImageNet 32's and 64's by NAME/ExponentialMovingAverage alone;
 - a checkpoint of the official trainer, by its prefix (.../checkpoints/model-400000) or its
   folder (the newest one is read). Reading it needs TensorFlow: pip install -e '.[prepare]'.
 
-DIR becomes an ordinary workdir: checkpoints/<step>/, config.json and imported_weights.json
-(where the weights came from, and which values were used). ``--mode=eval``, ``--mode=sample``,
-``flowpp_jax.load(DIR)`` and training (resuming from the imported step) then work on it.
-Parameters come from the raw values and the EMA from ``NAME/ExponentialMovingAverage`` where
-the file has averages (a file with none gives both the same values, and so does a file of
-averages alone); Adam's moments and step count from ``NAME/Adam``, ``NAME/Adam_1`` and
-``beta1_power`` where present, otherwise fresh.
-
-``--export`` writes DIR's latest EMA parameters as an .npz of official names and shapes, keyed
-as the authors' loader for the architecture reads them (``--export_layout`` chooses), so that
-their PyTorch code and this command load it.
-Bad input prints one ``error: ...`` line, exits with status 2 and writes nothing.
+``import_weights`` writes an ordinary workdir: checkpoints/<step>/, config.json and
+imported_weights.json (where the weights came from, and which values were used). Parameters
+come from the raw values and the EMA from ``NAME/ExponentialMovingAverage`` where the file has
+averages (a file with none gives both the same values, and so does a file of averages alone);
+Adam's moments and step count from ``NAME/Adam``, ``NAME/Adam_1`` and ``beta1_power`` where
+present, otherwise fresh. ``export_weights`` writes a workdir's latest EMA parameters as an
+.npz of official names and shapes, keyed as the authors' loader for the architecture reads
+them. Bad input raises ValueError and writes nothing. The command:
+flowpp_jax/import_weights.py.
 """
 import datetime
 import hashlib
@@ -34,20 +27,15 @@ import re
 import zipfile
 from typing import Dict
 
-from absl import flags
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import flowpp_jax
 from flowpp_jax import architecture, config_defaults
-from flowpp_jax.runtime import cli, fileio
-from flowpp_jax.tools import official_names, summary
-from flowpp_jax.trainer import experiment, optim, steps
-# Importing main defines --config and --workdir (its other flags are refused in main()).
-from flowpp_jax import main as main_lib
-from flowpp_jax.model import FlowPlusPlus
+from flowpp_jax.official import names as official_names
+from flowpp_jax.runtime import fileio
+from flowpp_jax.trainer import experiment, optim, steps, summary
 
 RECORD_FILE = 'imported_weights.json'
 EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -56,15 +44,6 @@ EMA_SUFFIX = '/ExponentialMovingAverage'
 # alone (the authors' ImageNet 32 and 64 files).
 LAYOUT_PLAIN, LAYOUT_AVERAGES = 'plain', 'averages'
 
-_WEIGHTS = flags.DEFINE_string('weights', None, 'The official weights: an .npz of official '
-                               'variable names, or a TensorFlow checkpoint prefix or folder.')
-_EXPORT = flags.DEFINE_string('export', None, 'Write the latest EMA parameters of --workdir to '
-                              'this .npz of official variable names instead of importing.')
-_EXPORT_LAYOUT = flags.DEFINE_enum(
-    'export_layout', 'authors', ['authors', LAYOUT_PLAIN, LAYOUT_AVERAGES],
-    "How --export keys the variables: 'plain' by their official names (what the authors' "
-    "CIFAR-10 loader reads), 'averages' as NAME/ExponentialMovingAverage (what their ImageNet "
-    "32 and 64 loaders read), 'authors' the one their loader for the architecture reads.")
 ADAM_SUFFIXES = ('/Adam', '/Adam_1')  # first and second moments
 _CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[2] / 'configs'
 _PAPER_CONFIGS = ('cifar10', 'imagenet32', 'imagenet64', 'cifar10_affine',
@@ -352,44 +331,3 @@ def export_weights(workdir, out: str, layout: str = 'authors'):
   with fileio.replaced(out) as partial, open(partial, 'wb') as f:
     np.savez(f, **arrays)  # to a file object: np.savez adds .npz to a name without it
   return len(arrays), layout
-
-
-def main(argv):
-  main_lib.start_borrowing_command(argv, 'import_weights', allowed=('config', 'workdir'))
-  workdir = main_lib._WORKDIR.value  # pylint: disable=protected-access
-  if not workdir:
-    cli.fail('--workdir is required')
-  try:
-    if _EXPORT.value:
-      if _WEIGHTS.value or flags.FLAGS['config'].present:
-        cli.fail('--export reads the config and weights of --workdir; drop --config and --weights')
-      count, layout = export_weights(workdir, _EXPORT.value, _EXPORT_LAYOUT.value)
-      keyed = ('NAME' + EMA_SUFFIX if layout == LAYOUT_AVERAGES else 'their official names')
-      print(f'{count} variables (EMA parameters of {workdir}) -> {_EXPORT.value}, keyed by '
-            f'{keyed}')
-      return
-    if not _WEIGHTS.value or not flags.FLAGS['config'].present:
-      cli.fail('importing needs --config, --weights and --workdir (or --export=OUT.npz to export)')
-    config = main_lib.load_config()
-    config_flag = flags.FLAGS['config'].serialize().partition('=')[2]
-    record = import_weights(config, _WEIGHTS.value, workdir, config_name=config_flag)
-  except ValueError as e:
-    cli.fail(str(e).splitlines()[0])
-  except OSError as e:
-    cli.fail(f'{e.filename or workdir}: {e.strerror or e}')
-  print(f'read {record["variables"]} variables ({record["parameters"]:,} parameters) from '
-        f'{record["path"]} ({record["format"]})')
-  if record['layout'] == LAYOUT_AVERAGES:
-    print(f'parameters and EMA from the {EMA_SUFFIX[1:]} values; the file has no raw values; '
-          f'Adam from {record["adam_from"]}')
-  else:
-    print(f'parameters from {record["params_from"]}; EMA from {record["ema_from"]}; Adam from '
-          f'{record["adam_from"]}')
-  print(f'wrote {workdir}: checkpoint of step {record["step"]}, {experiment.CONFIG_FILE}, '
-        f'{RECORD_FILE}')
-  print(f'next (with the same --config overrides): python -m flowpp_jax.main '
-        f'--config={config_flag} --workdir={workdir} --mode=eval')
-
-
-def run() -> None:
-  cli.run(main, required=None)
