@@ -1,2 +1,3 @@
 """Platform helpers: devices and processes (pmap sharding, jax.distributed, one CPU device per
-core, huge pages), command-line plumbing, and workdir files on disks and buckets."""
+core, huge pages, accelerators' peak FLOP/s), workdir files on disks and buckets, and the
+commands' shared plumbing (cli.py) and console (console.py)."""
