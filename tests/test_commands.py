@@ -17,6 +17,7 @@ COMMANDS = {
     'import_weights': ('config', 'weights', 'workdir', 'export', 'export_layout'),
     'prepare': ('config', 'dataset', 'data_dir', 'manual_dir'),
     'roundtrip': ('config', 'batch', 'trials'),
+    'plot_runs': ('out', 'metric', 'title'),
     'tools.codec_bench': ('config', 'images', 'batch_size', 'init_images'),
     'tools.compare_codecs': ('workdir', 'batch_size'),
 }
