@@ -30,7 +30,7 @@ class TrainedModel:
       step = checkpoints.latest_step() if step is None else step
       if step is None:
         raise ValueError(f'no checkpoint in {checkpoints.directory}')
-      state = checkpoints.restore(step, experiment.abstract_state(self.config, self.model),
+      state = checkpoints.restore(step, experiment.abstract_state(self.config),
                                   self.config.model)
     finally:
       checkpoints.close()

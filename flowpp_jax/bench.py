@@ -159,15 +159,13 @@ def flops_of(stage):
 
 
 def plain_config(config):
-  """``config`` with model.scan_layers and model.remat off, or None when both already are.
+  """A copy of ``config`` with model.scan_layers and model.remat off.
 
   XLA's cost analysis counts the body of a loop once, so a scanned model's FLOPs come out
   several times too small; and remat's recomputation is not model work. FLOPs (and so MFU)
   are therefore counted on the plain program, which computes the same function (with the
   model's ``one_block_attention`` too, for the attention's loop over query chunks).
   """
-  if not (config.model.scan_layers or config.model.remat):
-    return None
   plain = config.copy_and_resolve_references()
   plain.model.scan_layers = plain.model.remat = False
   return plain
@@ -290,7 +288,7 @@ def compile_figures(exp, sample_num: int):
   forward, _, _ = compile_timed(make_forward(exp.model),
                                 *forward_args(exp, abstract_state, sample_num))
   cli.say('counting FLOPs on the model without loops (lowered, not compiled)')
-  flops_exp = SyntheticExperiment(plain_config(config) or config, num_test=0)
+  flops_exp = SyntheticExperiment(plain_config(config), num_test=0)
   # The same function with the attention in one block (no query loop on the CPU).
   flops_exp.model = flops_exp.model.clone(one_block_attention=True)
   try:

@@ -29,6 +29,8 @@ if __name__ == '__main__':  # a command's flags exist where it runs: absl's are 
 
 USAGE = ('usage: python -m flowpp_jax.compress --workdir=DIR encode IMAGES OUT | '
          'decode IN IMAGES_OUT')
+
+
 def _refuse_existing(path: str) -> None:
   if os.path.lexists(path):
     cli.fail(f'{path} exists; choose another name or remove it (nothing is overwritten)')

@@ -6,6 +6,7 @@ conditioner sizes, dropout, compute dtype. All outputs are per example.
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -172,3 +173,12 @@ def inversion_errors(model, params, y):
   z, log_det = model.apply({'params': params}, y, inverse=False, method=flow)
   y_back, inverse_log_det = model.apply({'params': params}, z, inverse=True, method=flow)
   return jnp.max(jnp.abs(y_back - y)), jnp.max(jnp.abs(log_det + inverse_log_det))
+
+
+def abstract_params(model_cfg):
+  """The params pytree of FlowPlusPlus(model_cfg) as ShapeDtypeStructs, traced, never
+  allocated (the shapes do not depend on the batch: two images stand in)."""
+  model = FlowPlusPlus(model_cfg)
+  images = jax.ShapeDtypeStruct((2, *model_cfg.image_shape), jnp.uint8)
+  init = lambda x: init_variables(model, x, jax.random.PRNGKey(0))
+  return jax.eval_shape(init, images)['params']

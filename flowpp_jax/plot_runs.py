@@ -67,14 +67,15 @@ def plot(curves, metric: str, title: str = '') -> bytes:
   axes = figure.add_subplot()
   for index, (name, runs) in enumerate(curves.items()):
     colour = f'C{index % 10}'
+    if len(runs) == 1:
+      axes.plot(*runs[0], color=colour, linewidth=0.8, label=name)
+      continue
     for steps, values in runs:
-      axes.plot(steps, values, color=colour, linewidth=0.8, alpha=0.45 if len(runs) > 1 else 1)
-    if len(runs) > 1:
-      common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in runs)))
-      mean = [np.mean([values[list(steps).index(s)] for steps, values in runs]) for s in common]
-      axes.plot(common, mean, color=colour, linewidth=2.2, label=f'{name} (mean of {len(runs)})')
-    else:
-      axes.lines[-1].set_label(name)
+      axes.plot(steps, values, color=colour, linewidth=0.8, alpha=0.45)
+    by_step = [dict(zip(steps.tolist(), values)) for steps, values in runs]
+    common = sorted(set.intersection(*map(set, by_step)))
+    mean = [np.mean([run[step] for run in by_step]) for step in common]
+    axes.plot(common, mean, color=colour, linewidth=2.2, label=f'{name} (mean of {len(runs)})')
   axes.set_xlabel('training step')
   axes.set_ylabel(METRICS[metric])
   axes.grid(alpha=0.3)
@@ -92,7 +93,7 @@ def main(argv):
   if not workdirs or not _OUT.value:
     cli.fail('usage: python -m flowpp_jax.plot_runs WORKDIR [WORKDIR ...] --out=curves.png')
   try:
-    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
+    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     cli.fail("plotting needs matplotlib: pip install -e '.[plot]'")
   curves = collections.defaultdict(list)

@@ -7,7 +7,7 @@ commit that introduced it; a deliberate change of the tree rewrites the file in 
 import jax
 import pytest
 
-from flowpp_jax.trainer import summary
+from flowpp_jax import model as model_lib
 from conftest import ROOT, load_config
 
 PINNED = ('cifar10', 'imagenet32', 'imagenet64', 'digits')
@@ -15,7 +15,7 @@ PINNED = ('cifar10', 'imagenet32', 'imagenet64', 'digits')
 
 def param_tree_lines(model_cfg) -> list:
   """'path shape dtype' of every parameter, in the tree's order."""
-  leaves = jax.tree_util.tree_flatten_with_path(summary.abstract_params(model_cfg))[0]
+  leaves = jax.tree_util.tree_flatten_with_path(model_lib.abstract_params(model_cfg))[0]
   return [f'{jax.tree_util.keystr(path, simple=True, separator="/")} '
           f'{list(leaf.shape)} {leaf.dtype}' for path, leaf in leaves]
 

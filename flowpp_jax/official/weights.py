@@ -33,9 +33,10 @@ import numpy as np
 
 import flowpp_jax
 from flowpp_jax import architecture, config_defaults
+from flowpp_jax import model as model_lib
 from flowpp_jax.official import names as official_names
 from flowpp_jax.runtime import fileio
-from flowpp_jax.trainer import experiment, optim, steps, summary
+from flowpp_jax.trainer import experiment, optim, steps
 
 RECORD_FILE = 'imported_weights.json'
 EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -60,7 +61,7 @@ def name_map(model_cfg) -> official_names.NameMap:
   unrolled.scan_layers = False
   key = unrolled.to_json_best_effort(sort_keys=True)
   if key not in _NAME_MAPS:
-    _NAME_MAPS[key] = official_names.NameMap(unrolled, summary.abstract_params(unrolled))
+    _NAME_MAPS[key] = official_names.NameMap(unrolled, model_lib.abstract_params(unrolled))
   return _NAME_MAPS[key]
 
 

@@ -42,7 +42,7 @@ def config_arguments(argv) -> dict:
 
 def say(message: str) -> None:
   """A progress line on stderr (stdout holds a command's results), with the seconds since
-  the process started."""
+  the command started."""
   print(f'[{time.perf_counter() - _START:6.1f} s] {message}', file=sys.stderr, flush=True)
 
 

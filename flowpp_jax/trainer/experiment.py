@@ -55,13 +55,12 @@ def validate_run_config(config, device_count: int) -> None:
   optim.validate_lr_config(config.lr)
 
 
-def abstract_state(config, model) -> steps.TrainState:
-  """The TrainState of ``config`` and ``model``: its structure, shapes and dtypes, computed
-  without allocating it (what a checkpoint is restored into)."""
-  images = jax.ShapeDtypeStruct((config.init_batch_size, *config.model.image_shape), jnp.uint8)
+def abstract_state(config) -> steps.TrainState:
+  """The TrainState of ``config``: its structure, shapes and dtypes, computed without
+  allocating it (what a checkpoint is restored into)."""
   direction = optim.adam_direction(config.optimizer)
-  return jax.eval_shape(lambda x: steps.create_state(model_lib.init_variables(
-      model, x, jax.random.PRNGKey(0))['params'], direction), images)
+  return jax.eval_shape(lambda params: steps.create_state(params, direction),
+                        model_lib.abstract_params(config.model))
 
 
 class Experiment:
@@ -115,7 +114,7 @@ class Experiment:
 
   def abstract_state(self) -> steps.TrainState:
     """The TrainState's structure, shapes and dtypes, computed without allocating it."""
-    return abstract_state(self.config, self.model)
+    return abstract_state(self.config)
 
   def restore(self, step=None):
     """The TrainState (host arrays) of checkpoint ``step`` (default: the latest), or None when

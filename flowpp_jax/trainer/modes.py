@@ -25,7 +25,7 @@ def run(mode: str, config, workdir: str) -> None:
                               print if jax.process_index() == 0 else lambda *_: None)
     # Before the checkpoint manager opens the workdir: it tidies away unfinished saves.
     lock = workdir_lock.hold(workdir)
-    if lock.unlocked and not fileio.is_remote(workdir):
+    if lock.unlocked:
       print(f'note: {workdir} is not locked, {lock.unlocked}: start one run per workdir')
     try:
       _run_in(mode, config, workdir, read_only=False, data=data)

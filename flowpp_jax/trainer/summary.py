@@ -7,20 +7,10 @@ import json
 import math
 
 import jax
-import jax.numpy as jnp
 
 from flowpp_jax import architecture
 from flowpp_jax.bijectors import LogitPreprocess, Sigmoid
 from flowpp_jax import model as model_lib
-from flowpp_jax.model import FlowPlusPlus
-
-
-def abstract_params(model_cfg, batch_size: int = 2):
-  """The params pytree of FlowPlusPlus(model_cfg) as ShapeDtypeStructs."""
-  model = FlowPlusPlus(model_cfg)
-  images = jax.ShapeDtypeStruct((batch_size, *model_cfg.image_shape), jnp.uint8)
-  init = lambda x: model_lib.init_variables(model, x, jax.random.PRNGKey(0))
-  return jax.eval_shape(init, images)['params']
 
 
 def count(tree) -> int:
@@ -52,7 +42,7 @@ def _flow_rows(title, flow_params, layers):
 
 def summary_rows(model_cfg):
   """(rows, totals): per-layer rows and a dict of totals for the whole model."""
-  params = abstract_params(model_cfg)
+  params = model_lib.abstract_params(model_cfg)
   kw = dict(checkerboard=model_cfg.checkerboard, norm=model_cfg.norm, dropout=0.0)
   main_layers = architecture.build_layers(model_cfg.main, first=[LogitPreprocess()], **kw)
   rows = _flow_rows('main_flow', params['main_flow'], main_layers)

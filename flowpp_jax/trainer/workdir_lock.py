@@ -41,7 +41,8 @@ def _read_record(fd: int) -> dict:
 
 class WorkdirLock:
   """Held from acquire() to release(); acquire raises ValueError when another run holds it.
-  ``unlocked`` says why a workdir could not be locked (None when it is)."""
+  ``unlocked`` says why a local workdir could not be locked (None when it is, or for a
+  bucket, which is never locked)."""
 
   def __init__(self, workdir):
     self.path = fileio.path(workdir) / LOCK_FILE
@@ -50,7 +51,6 @@ class WorkdirLock:
 
   def acquire(self) -> 'WorkdirLock':
     if fileio.is_remote(self.path):
-      self.unlocked = 'a bucket has no file locks'
       return self
     while True:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
