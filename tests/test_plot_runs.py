@@ -67,3 +67,47 @@ def test_without_matplotlib_the_error_names_the_extra(tmp_path):
   good = write_run(tmp_path / 'run', [2.0, 1.9, 1.8])
   result = run(good, f'--out={tmp_path / "x.png"}', env={'PYTHONPATH': str(fake.parent)})
   assert_one_error_line(result, "plotting needs matplotlib: pip install -e '.[plot]'")
+
+
+def write_final(workdir, bpd, bpd_iw, k=64, wall_s=None):
+  """The eval.json that training's end and --mode=eval write, and launch/ablations.sh's wall_s."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'eval.json').write_text(json.dumps(
+      {'step': 800, 'bpd': bpd, 'bpd_iw': bpd_iw, 'num_examples': 360, 'num_iw_samples': k,
+       'split': 'test'}))
+  if wall_s is not None:
+    (workdir / 'wall_s').write_text(f'{wall_s}\n')
+  return workdir
+
+
+def test_table_of_final_scores(tmp_path):
+  a = [write_final(tmp_path / f'flowpp_s{i}', e, w, wall_s=t)
+       for i, (e, w, t) in enumerate([(1.84, 1.80, 230), (1.86, 1.81, 250), (1.85, 1.83, 240)])]
+  b = [write_final(tmp_path / f'affine_s{i}', e, w)
+       for i, (e, w) in enumerate([(1.97, 1.90), (1.99, 1.94)])]
+  out = tmp_path / 'table.md'
+  result = run(*a, *b, f'--table={out}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout == out.read_text()
+  header, rule, first, second = out.read_text().splitlines()
+  assert header.split(' | ')[4:6] == ['IW bound, K = 64', 'ELBO gap to flowpp']
+  assert first == ('| flowpp | 3 | 800 | 1.8500 ± 0.0100 | 1.8133 ± 0.0153 | reference | '
+                   'reference | 4.0 min |')
+  # The gap's standard error, computed here from the definition.
+  gap = np.mean([1.97, 1.99]) - np.mean([1.84, 1.86, 1.85])
+  error = np.sqrt(np.var([1.97, 1.99], ddof=1) / 2 + np.var([1.84, 1.86, 1.85], ddof=1) / 3)
+  cells = [cell.strip() for cell in second.split('|')[1:-1]]
+  assert cells[:3] == ['affine', '2', '800'] and cells[-1] == ''
+  assert cells[5] == f'{gap:+.4f} ± {error:.4f}' == '+0.1300 ± 0.0115'
+
+
+def test_table_refuses_what_it_cannot_compare(tmp_path):
+  a = write_final(tmp_path / 'a_s0', 1.8, 1.7, k=16)
+  b = write_final(tmp_path / 'b_s0', 1.9, 1.8, k=64)
+  out = tmp_path / 'table.md'
+  assert_one_error_line(run(a, b, f'--table={out}'), 'the runs were evaluated with different K')
+  (tmp_path / 'c_s0').mkdir()
+  assert_one_error_line(run(a, tmp_path / 'c_s0', f'--table={out}'), 'has no final evaluation')
+  (b / 'wall_s').write_text('soon')
+  assert_one_error_line(run(b, f'--table={out}'), 'holds no number of seconds')
+  assert not out.exists()
