@@ -171,6 +171,40 @@ def test_gpu_multinode(fake_bin):
   assert line[-3:] == ['--coordinator_address=head:9', '--num_processes=4', '--process_id=1']
 
 
+def test_ablations(fake_bin, tmp_path):
+  out = tmp_path / 'abl'
+  lines = dry_run('ablations.sh', '--seeds=2', '--steps=30', '--iw-samples=8', str(out),
+                  '--config.eval.batch_size=60', fake_bin=fake_bin)
+  writer, *runs, plot_digits, plot_png = lines
+  assert writer[:2] == ['python', '-c'] and writer[-1] == f'{out}/digits_png'
+  assert len(runs) == 2 * 2 * 4
+  configs = [w[3][len('--config='):] for w in runs]
+  assert {os.path.basename(c) for c in configs} == {
+      'digits.py', 'digits_no_attention.py', 'digits_affine.py', 'digits_uniform_dequant.py'}
+  assert all(os.path.isfile(c) for c in configs)
+  first_png = runs[4]
+  assert first_png[4] == f'--workdir={out}/png256/flowpp_s0'
+  assert first_png[5:8] == [f'--config.dataset=folder:{out}/digits_png',
+                            '--config.model.num_levels=256', '--config.data.test_fraction=0.2']
+  assert runs[-1][4] == f'--workdir={out}/png256/uniform_dequant_s1'
+  assert runs[-1][-6:] == ['--config.seed=1', '--config.num_train_steps=30',
+                           '--config.eval_every_steps=100', '--config.sample_every_steps=30',
+                           '--config.eval.num_iw_samples=8', '--config.eval.batch_size=60']
+  assert plot_digits[:3] == ['python', '-m', 'flowpp_jax.plot_runs']
+  assert plot_digits[-3:-1] == [f'--out={out}/digits/curves.png', f'--table={out}/digits/table.md']
+  assert len(plot_png) == 3 + 8 + 3
+  # A run whose eval.json holds the last step is done; one that stopped early is not.
+  (out / 'digits' / 'affine_s1').mkdir(parents=True)
+  (out / 'digits' / 'affine_s1' / 'eval.json').write_text('{"step": 30, "bpd": 1.9}')
+  (out / 'digits' / 'flowpp_s1').mkdir(parents=True)
+  (out / 'digits' / 'flowpp_s1' / 'eval.json').write_text('{"step": 300, "bpd": 1.9}')
+  runs = dry_run('ablations.sh', '--seeds=2', '--steps=30', '--data=digits', str(out),
+                 fake_bin=fake_bin)[:-1]
+  workdirs = [w[4] for w in runs]
+  assert len(runs) == 7 and f'--workdir={out}/digits/affine_s1' not in workdirs
+  assert f'--workdir={out}/digits/flowpp_s1' in workdirs
+
+
 @pytest.mark.parametrize('script,args', [
     ('tpu_create.sh', []),
     ('tpu_create.sh', ['--name=flowpp']),
@@ -188,6 +222,9 @@ def test_gpu_multinode(fake_bin):
     ('gpu_multinode.sh', ['--coordinator=n0:1', '--num-nodes=2', '--rank=2', 'c.py', '/w']),
     ('gpu_multinode.sh', ['--coordinator=n0', '--num-nodes=2', '--rank=0', 'c.py', '/w']),
     ('gpu_multinode.sh', ['--coordinator=n0:1', '--num-nodes', 'c.py', '/w']),
+    ('ablations.sh', []),
+    ('ablations.sh', ['--seeds=0', '/out']),
+    ('ablations.sh', ['--data=digits,cifar10', '/out']),
 ])
 @pytest.mark.parametrize('dry', [True, False])
 def test_bad_arguments_exit_2(script, args, dry, fake_bin):
@@ -211,8 +248,13 @@ def test_help(script, fake_bin):
     ('tpu_delete.sh', TPU),
     ('gpu_local.sh', ['configs/cifar10.py', '/w', *OVERRIDES]),
     ('gpu_multinode.sh', ['--coordinator=n0:1', '--num-nodes=2', '--rank=0', 'c.py', '/w']),
+    ('ablations.sh', ['--seeds=1', '--data=digits', 'WORKDIRS']),
 ])
-def test_run_executes_what_dry_run_prints(script, args, fake_bin):
+def test_run_executes_what_dry_run_prints(script, args, fake_bin, tmp_path):
+  if 'WORKDIRS' in args:  # the stand-in trainer makes no workdir for the script's wall_s
+    args = [str(tmp_path / 'out') if a == 'WORKDIRS' else a for a in args]
+    for name in ('flowpp', 'no_attention', 'affine', 'uniform_dequant'):
+      (tmp_path / 'out' / 'digits' / f'{name}_s0').mkdir(parents=True)
   printed = dry_run(script, *args, fake_bin=fake_bin)
   result = launch(script, *args, fake_bin=fake_bin)
   assert result.returncode == 0, result.stderr
