@@ -8,10 +8,11 @@ from q and k and uses the identity rowsum(p * dp) = rowsum(dout * out), as Flash
 does (Dao et al. 2022): the same gradient with [T, d] residuals instead of [T, T].
 
 Both passes can walk the queries in chunks, a loop whose body holds one [chunk, S] block of
-weights per head. Which chunk, and whether to keep the log-sum-exp, is the backend's choice
-(``backend.attention``). The products run in the compute dtype with float32 results; the
-softmax statistics and the gradient's elementwise terms are float32 whatever it is (float64
-when the products are).
+weights per head; the backward pass, which keeps five such blocks alive where the forward
+keeps two, may take smaller ones. Which chunks, and whether to keep the log-sum-exp, is the
+backend's choice (``backend.attention``). The products run in the compute dtype with float32
+results; the softmax statistics and the gradient's elementwise terms are float32 whatever it
+is (float64 when the products are).
 """
 import functools
 
@@ -71,19 +72,19 @@ def _forward(q, k, v, dtype, chunk):
   return _by_chunks(block, None, (q,), chunk, q.shape[-2])[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _attention(q, k, v, dtype, chunk, save_lse):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _attention(q, k, v, dtype, chunk, backward_chunk, save_lse):
   return _forward(q, k, v, dtype, chunk)[0]
 
 
-def _attention_fwd(q, k, v, dtype, chunk, save_lse):
+def _attention_fwd(q, k, v, dtype, chunk, backward_chunk, save_lse):
   # save_lse=False: only the output is kept (a second output keeps XLA:CPU from fusing a
   # chunk into one kernel); the backward pass recomputes each row's max and sum.
   out, lse = _forward(q, k, v, dtype, chunk)
   return out, (q, k, v, out, lse if save_lse else None)
 
 
-def _attention_bwd(dtype, chunk, save_lse, residuals, dout):
+def _attention_bwd(dtype, chunk, backward_chunk, save_lse, residuals, dout):
   q, k, v, out, lse = residuals
   dout = dout.astype(out.dtype)
   scale = 1 / jnp.sqrt(q.shape[-1]).astype(out.dtype)
@@ -115,7 +116,8 @@ def _attention_bwd(dtype, chunk, save_lse, residuals, dout):
   k_t = jnp.swapaxes(k, -1, -2)  # [N, d, S]
   zeros = jnp.zeros(k.shape, out.dtype)
   xs = (q, out, dout) + ((lse,) if save_lse else ())
-  (dk, dv), dq_t = _by_chunks(block, (zeros, zeros), xs, chunk, q.shape[-2], out_axis=-1)
+  (dk, dv), dq_t = _by_chunks(block, (zeros, zeros), xs, backward_chunk, q.shape[-2],
+                              out_axis=-1)
   dq = jnp.swapaxes(dq_t, -1, -2)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
@@ -123,16 +125,19 @@ def _attention_bwd(dtype, chunk, save_lse, residuals, dout):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def flash_attention(q, k, v, dtype, query_chunk, save_lse: bool):
+def flash_attention(q, k, v, dtype, query_chunk, save_lse: bool, backward_chunk=-1):
   """softmax(q k^T / sqrt(d)) v: q [B, heads, T, d], k and v [B, heads, S, d] ->
   [B, heads, T, d] in at least float32, with the lean backward pass above.
 
-  ``dtype``: the products' operands. ``query_chunk``: queries per loop iteration, a divisor
-  of T, or None for one block. ``save_lse``: whether the backward pass reads each row's
-  log-sum-exp from the forward pass (True) or recomputes its max and sum (False).
+  ``dtype``: the products' operands. ``query_chunk``: queries per loop iteration of the
+  forward pass, a divisor of T, or None for one block; ``backward_chunk``: the same for the
+  backward pass (-1: ``query_chunk``). ``save_lse``: whether the backward pass reads each
+  row's log-sum-exp from the forward pass (True) or recomputes its max and sum (False).
   """
+  if backward_chunk == -1:
+    backward_chunk = query_chunk
   # One batch axis, B * heads: vmapped over examples, the model hands over [examples, 1,
   # heads], and a unit batch axis made XLA:CPU relayout and copy every [T, S] product.
   flat = lambda x: x.reshape(-1, *x.shape[-2:])
-  out = _attention(flat(q), flat(k), flat(v), dtype, query_chunk, save_lse)
+  out = _attention(flat(q), flat(k), flat(v), dtype, query_chunk, backward_chunk, save_lse)
   return out.reshape(q.shape[:-1] + v.shape[-1:])

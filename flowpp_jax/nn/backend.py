@@ -10,9 +10,10 @@ functions here; each keeps the math and changes only how XLA is asked for it:
   scalar code.
 - ``attention``: on an NVIDIA GPU with 16-bit operands, cuDNN's fused flash attention;
   everywhere else flowpp_jax's kernel (``attention.py``), which on the CPU walks the queries
-  in cache-sized chunks and recomputes the softmax statistics in the backward pass. Its
-  ``one_block`` argument (the model's ``one_block_attention`` field) asks for one block of
-  XLA operations instead, for XLA's cost analysis.
+  in cache-sized chunks (smaller ones in the backward pass) and recomputes the softmax
+  statistics in the backward pass. Its ``one_block`` argument (the model's
+  ``one_block_attention`` field) asks for one block of XLA operations instead, for XLA's cost
+  analysis.
 Every choice is made from the arguments and the backend alone, never from state set around a
 trace, so that a jitted function's cached program is the one its arguments ask for.
 The measurements behind each: docs/performance.md.
@@ -29,8 +30,11 @@ from flowpp_jax.dtypes import at_least_float32
 from flowpp_jax.nn.attention import flash_attention
 
 # Weights per head held at once by the chunked attention on the CPU: 64K floats (256 KiB), a
-# [128, 512] block at CIFAR-10's 512 positions.
+# [128, 512] block at CIFAR-10's 512 positions, in the forward pass; half as many in the
+# backward pass, whose loop body works on five such blocks (on a Zen 4 core 16% faster at 256
+# positions, the same at 512: tools/kernel_bench, docs/performance.md).
 _CPU_BLOCK_ELEMENTS = 1 << 16
+_CPU_BACKWARD_BLOCK_ELEMENTS = 1 << 15
 CUDNN_ENV = 'FLOWPP_CUDNN_ATTENTION'  # '0': never cuDNN's fused attention (see cudnn_applies)
 _FUSED_IMPLEMENTATION = 'cudnn'  # jax.nn.dot_product_attention's; the tests run 'xla' on the CPU
 _CUDNN_CALL = '__cudnn$fmha'  # the custom calls of cuDNN's fused attention in XLA's programs
@@ -96,13 +100,17 @@ def plain_array(b):
 
 # -- Attention ------------------------------------------------------------------------------
 
-def default_query_chunk(num_queries: int, num_keys: int) -> Optional[int]:
-  """The query chunk ``attention`` uses when given none: on the CPU the largest divisor of
-  ``num_queries`` whose [chunk, num_keys] block stays within _CPU_BLOCK_ELEMENTS; elsewhere
-  None (one block: GPU and TPU compilers fuse the passes and have the bandwidth)."""
+def default_query_chunk(num_queries: int, num_keys: int,
+                        backward: bool = False) -> Optional[int]:
+  """The query chunk ``attention`` uses when given none, for its forward pass or its
+  ``backward`` pass: on the CPU the largest divisor of ``num_queries`` whose
+  [chunk, num_keys] block stays within _CPU_BLOCK_ELEMENTS (backward:
+  _CPU_BACKWARD_BLOCK_ELEMENTS); elsewhere None (one block: GPU and TPU compilers fuse the
+  passes and have the bandwidth)."""
   if not on_cpu():
     return None
-  chunk = max(1, min(num_queries, _CPU_BLOCK_ELEMENTS // num_keys))
+  budget = _CPU_BACKWARD_BLOCK_ELEMENTS if backward else _CPU_BLOCK_ELEMENTS
+  chunk = max(1, min(num_queries, budget // num_keys))
   while num_queries % chunk:
     chunk -= 1
   return chunk
@@ -139,18 +147,21 @@ def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1,
   [B, heads, S, d] -> [B, heads, T, d] in at least float32.
 
   ``dtype`` is the dtype of the products' operands (float32, bfloat16, or float64 in the
-  Jacobian tests). ``query_chunk`` (a divisor of T; None: all at once; -1: the default,
-  ``default_query_chunk``) and ``save_lse`` (None: False on the CPU, True elsewhere) go to
-  ``flash_attention``; where ``cudnn_applies``, cuDNN's fused attention runs instead.
+  Jacobian tests). ``query_chunk`` (a divisor of T for both passes; None: all at once; -1:
+  ``default_query_chunk`` for each pass) and ``save_lse`` (None: False on the CPU, True
+  elsewhere) go to ``flash_attention``; where ``cudnn_applies``, cuDNN's fused attention runs
+  instead.
   ``one_block``: one block of XLA operations on every backend, no query loop and no cuDNN
   call, for XLA's cost analysis, which counts a loop body once and cannot see into cuDNN's
   kernel (the benchmark counts FLOPs so).
   """
   t = q.shape[-2]
+  backward_chunk = query_chunk
   if one_block:
-    query_chunk = None
+    query_chunk = backward_chunk = None
   elif query_chunk == -1:
     query_chunk = default_query_chunk(t, k.shape[-2])
+    backward_chunk = default_query_chunk(t, k.shape[-2], backward=True)
   if query_chunk is not None and (query_chunk < 1 or t % query_chunk):
     raise ValueError(f'query_chunk={query_chunk} must be a positive divisor of T={t}')
   if not one_block and cudnn_applies(dtype, q.shape[-1]):
@@ -161,4 +172,4 @@ def attention(q, k, v, dtype=jnp.float32, query_chunk: Optional[int] = -1,
                           "running flowpp_jax's own attention kernel", 1, e)
   if save_lse is None:
     save_lse = not on_cpu()
-  return flash_attention(q, k, v, dtype, query_chunk, bool(save_lse))
+  return flash_attention(q, k, v, dtype, query_chunk, bool(save_lse), backward_chunk)

@@ -12,6 +12,7 @@ from scipy import special
 
 from flowpp_jax.model import FlowPlusPlus
 from flowpp_jax.nn import backend
+from flowpp_jax.nn.attention import flash_attention
 from flowpp_jax.nn.backend import attention, default_query_chunk
 
 try:  # Older jax versions.
@@ -57,6 +58,22 @@ def test_float64_values_and_gradients_match_references(query_chunk, save_lse):
     for got, want in zip(_grads(fn, q, k, v, cotangent),
                          _grads(_textbook, q, k, v, cotangent)):
       assert got.dtype == jnp.float64
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('chunks', [(None, 2), (4, 1), (2, None)])
+def test_backward_chunks_apart_from_the_forward_ones(chunks):
+  """The backward pass may walk the queries in other chunks than the forward pass (the CPU's
+  default: smaller ones); values and gradients stay the float64 references'."""
+  query_chunk, backward_chunk = chunks
+  with enable_x64(True):
+    q, k, v = (jnp.asarray(a, jnp.float64) for a in _inputs(10))
+    fn = lambda *a: flash_attention(*a, jnp.float64, query_chunk, False, backward_chunk)
+    cotangent = jnp.asarray(np.random.default_rng(11).normal(size=q.shape))
+    np.testing.assert_allclose(fn(q, k, v), _scipy_attention(*_inputs(10)),
+                               rtol=1e-12, atol=1e-13)
+    for got, want in zip(_grads(fn, q, k, v, cotangent),
+                         _grads(_textbook, q, k, v, cotangent)):
       np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -123,7 +140,7 @@ def test_vmap_and_checkpoint_agree_with_plain_calls(query_chunk, save_lse):
 def test_default_chunk_divides_the_queries_and_bad_chunks_are_refused():
   chunk = default_query_chunk(512, 512)
   if jax.default_backend() == 'cpu':
-    assert chunk == 128
+    assert chunk == 128 and default_query_chunk(512, 512, backward=True) == 64
     assert default_query_chunk(12, 1 << 20) == 1 and default_query_chunk(7, 1) == 7
     assert 1000 % default_query_chunk(1000, 600) == 0
   q, k, v = (jnp.asarray(a, jnp.float32) for a in _inputs(8))
