@@ -1,6 +1,6 @@
 """What one backend needs and the others do not, behind one switch, ``on_cpu()``.
 
-The layers (``layers.py``, ``conditioner.py``) hold the paper's math and call the three
+The layers (``layers.py``, ``conditioner.py``) hold the paper's math and call the four
 functions here; each keeps the math and changes only how XLA is asked for it:
 - ``conv2d``: on the CPU its gradient is written out, because XLA:CPU runs the backward
   convolutions that autodiff emits inside a loop body (``model.scan_layers``) through a slow
@@ -8,6 +8,9 @@ functions here; each keeps the math and changes only how XLA is asked for it:
 - ``plain_array``: on the CPU a conv bias goes through an exact product with the identity,
   because XLA:CPU compiles a scanned parameter slice fused into two elementwise slices as
   scalar code.
+- ``bernoulli``: dropout's masks, jax.random.bernoulli's bit for bit; on the CPU with the
+  threefry hash written out, because XLA:CPU runs jax's as a loop of five passes over the
+  mask.
 - ``attention``: on an NVIDIA GPU with 16-bit operands, cuDNN's fused flash attention;
   everywhere else flowpp_jax's kernel (``attention.py``), which on the CPU walks the queries
   in cache-sized chunks (smaller ones in the backward pass) and recomputes the softmax
@@ -18,6 +21,7 @@ Every choice is made from the arguments and the backend alone, never from state 
 trace, so that a jitted function's cached program is the one its arguments ask for.
 The measurements behind each: docs/performance.md.
 """
+import math
 import os
 from typing import Optional
 
@@ -96,6 +100,51 @@ def plain_array(b):
   if not on_cpu():
     return b
   return jnp.dot(b, jnp.eye(b.shape[-1], dtype=b.dtype), precision=lax.Precision.HIGHEST)
+
+
+# -- Dropout's masks -------------------------------------------------------------------------
+
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREEFRY_PARITY = 0x1BD11BDA
+
+
+def _threefry2x32(k1, k2, x0, x1):
+  """Threefry-2x32 with 20 rounds (Salmon et al. 2011), the hash of jax's default PRNG, in
+  one expression: uint32 key words k1, k2 and counter words x0, x1 -> two uint32 words."""
+  ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(_THREEFRY_PARITY))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for i in range(5):
+    for r in _THREEFRY_ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = x0 ^ ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r)))
+    x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+  return x0, x1
+
+
+def _written_out_bernoulli_applies(key, shape) -> bool:
+  """Whether ``bernoulli``'s own hash gives jax.random.bernoulli's bits: a raw uint32[2]
+  key of the threefry PRNG with partitionable counters (jax's defaults), float32 draws (x64
+  off) and fewer than 2^32 of them."""
+  return (on_cpu() and key.dtype == jnp.uint32 and key.shape == (2,)
+          and jax.config.jax_default_prng_impl == 'threefry2x32'
+          and jax.config.jax_threefry_partitionable and not jax.config.jax_enable_x64
+          and math.prod(shape) < 2**32)
+
+
+def bernoulli(key, p: float, shape):
+  """jax.random.bernoulli(key, p, shape), bit for bit: bool ``shape``, True with
+  probability ``p``. On the CPU, for jax's default keys, the same threefry hash of the same
+  counters, written out so that XLA fuses it into one pass over the mask; jax lowers it there
+  as a five-iteration loop, each iteration a pass over the whole mask."""
+  if not _written_out_bernoulli_applies(key, shape):
+    return jax.random.bernoulli(key, p, shape)
+  # jax's counters: the flat index as two uint32 words, high (0 below 2^32) and low.
+  low = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  x0, x1 = _threefry2x32(key[0], key[1], jnp.zeros_like(low), low)
+  # jax.random.uniform's float32 from 32 bits: 23 of them as the mantissa of [1, 2), minus 1.
+  mantissa = ((x0 ^ x1) >> jnp.uint32(9)) | jnp.uint32(0x3F800000)
+  uniform = lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1)
+  return jnp.maximum(jnp.float32(0), uniform) < p
 
 
 # -- Attention ------------------------------------------------------------------------------

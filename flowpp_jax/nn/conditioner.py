@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from flowpp_jax.dtypes import compute_dtype
 from flowpp_jax.nn.backend import attention
-from flowpp_jax.nn.layers import Conv, concat_elu, gate, normal_init
+from flowpp_jax.nn.layers import Conv, Dropout, concat_elu, gate, normal_init
 
 MIXERS = ('attention', 'maxout', 'none')
 
@@ -35,7 +35,7 @@ class GatedConv(nn.Module):
     c1 = conv(f, 3, name='c1')(concat_elu(x))
     if context is not None:
       c1 = c1 + conv(f, 1, name='a_proj')(concat_elu(context))
-    c1 = nn.Dropout(self.dropout)(concat_elu(c1), deterministic=deterministic)
+    c1 = Dropout(self.dropout)(concat_elu(c1), deterministic=deterministic)
     c2 = conv(2 * f, 1 if self.use_nin else 3, 0.1, name='c2')(c1)
     return x + gate(c2)
 
@@ -62,7 +62,7 @@ class GatedAttention(nn.Module):
     q, k, v = jnp.transpose(qkv.reshape(b, h * w, 3, self.heads, d), (2, 0, 3, 1, 4))
     out = attention(q, k, v, compute_dtype(x.dtype, self.dtype), one_block=self.one_block)
     out = jnp.transpose(out, (0, 2, 1, 3)).reshape(b, h, w, f)
-    out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
+    out = Dropout(self.dropout)(out, deterministic=deterministic)
     return x + gate(Conv(2 * f, 1, 0.1, self.weight_norm, self.dtype, name='proj2')(out))
 
 
@@ -78,7 +78,7 @@ class GatedMaxout(nn.Module):
     f = x.shape[-1]
     c = Conv(3 * f, 1, 1.0, self.weight_norm, self.dtype, name='proj1')(x + pos_emb)
     c = jnp.max(c.reshape(*x.shape, 3), axis=-1)
-    c = nn.Dropout(self.dropout)(c, deterministic=deterministic)
+    c = Dropout(self.dropout)(c, deterministic=deterministic)
     return x + gate(Conv(2 * f, 1, 0.1, self.weight_norm, self.dtype, name='proj2')(c))
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from flowpp_jax.dtypes import at_least_float32, compute_dtype
-from flowpp_jax.nn.backend import conv2d, plain_array
+from flowpp_jax.nn.backend import bernoulli, conv2d, plain_array
 
 _W_STDDEV = 0.05  # The reference draws every conv and dense weight from N(0, 0.05^2).
 _VAR_EPS = 1e-8
@@ -48,6 +48,21 @@ def gate(x):
   """Gated linear unit: [..., 2C] -> [..., C], a * sigmoid(b)."""
   a, b = jnp.split(x, 2, axis=-1)
   return a * jax.nn.sigmoid(b)
+
+
+class Dropout(nn.Module):
+  """flax.linen.Dropout's computation, mask for mask: the same rng stream (named so, it is
+  the same module path) and the same draws, from ``backend.bernoulli``. x [...] -> [...],
+  each entry zeroed with probability ``rate``, the rest scaled by 1 / (1 - rate)."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = bernoulli(self.make_rng('dropout'), keep, x.shape)
+    return lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
 class Conv(nn.Module):
