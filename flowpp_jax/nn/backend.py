@@ -72,12 +72,19 @@ def _conv_written_out_grad_bwd(residuals, dy):
   # channels swapped (odd k: the padding is symmetric).
   dx = _conv(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))
   # d/dw[i, j] = sum over batch and positions of x shifted by (i, j) times dy: k*k matmuls.
+  # Each is formed transposed, dy^T x, so that x's positions are the product's inner axis and
+  # x is not transposed k*k times; x is shifted along W once per j (k copies), and the
+  # shifts along H are then contiguous slices. 23% faster on a Zen 4 core than x^T dy on k*k
+  # shifted copies (docs/performance.md).
   pad = k // 2
   x_pad = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   acc = at_least_float32(w.dtype)
-  dw = jnp.stack([jnp.stack([
-      jnp.einsum('bhwc,bhwo->co', x_pad[:, i:i + h, j:j + width], dy,
-                 preferred_element_type=acc) for j in range(k)]) for i in range(k)])
+  dw_t = []  # [k (j), k (i), Cout, Cin]
+  for j in range(k):
+    x_j = x_pad[:, :, j:j + width]
+    dw_t.append(jnp.stack([jnp.einsum('bhwo,bhwc->oc', dy, x_j[:, i:i + h],
+                                      preferred_element_type=acc) for i in range(k)]))
+  dw = jnp.transpose(jnp.stack(dw_t), (1, 0, 3, 2))
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
