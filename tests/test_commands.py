@@ -20,6 +20,8 @@ COMMANDS = {
     'plot_runs': ('out', 'metric', 'title'),
     'tools.codec_bench': ('config', 'images', 'batch_size', 'init_images'),
     'tools.compare_codecs': ('workdir', 'batch_size'),
+    'tools.kernel_bench': ('positions', 'examples', 'heads', 'head_dim', 'filters', 'repeats',
+                           'peak_size'),
 }
 PACKAGE = ROOT / 'flowpp_jax'
 
