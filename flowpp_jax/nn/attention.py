@@ -125,17 +125,15 @@ def _attention_bwd(dtype, chunk, backward_chunk, save_lse, residuals, dout):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def flash_attention(q, k, v, dtype, query_chunk, save_lse: bool, backward_chunk=-1):
+def flash_attention(q, k, v, dtype, query_chunk, save_lse: bool, backward_chunk):
   """softmax(q k^T / sqrt(d)) v: q [B, heads, T, d], k and v [B, heads, S, d] ->
   [B, heads, T, d] in at least float32, with the lean backward pass above.
 
   ``dtype``: the products' operands. ``query_chunk``: queries per loop iteration of the
   forward pass, a divisor of T, or None for one block; ``backward_chunk``: the same for the
-  backward pass (-1: ``query_chunk``). ``save_lse``: whether the backward pass reads each
-  row's log-sum-exp from the forward pass (True) or recomputes its max and sum (False).
+  backward pass. ``save_lse``: whether the backward pass reads each row's log-sum-exp from
+  the forward pass (True) or recomputes its max and sum (False).
   """
-  if backward_chunk == -1:
-    backward_chunk = query_chunk
   # One batch axis, B * heads: vmapped over examples, the model hands over [examples, 1,
   # heads], and a unit batch axis made XLA:CPU relayout and copy every [T, S] product.
   flat = lambda x: x.reshape(-1, *x.shape[-2:])
