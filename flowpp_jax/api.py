@@ -115,11 +115,10 @@ class TrainedModel:
     names to keep in the file; ``progress(done, total)`` is called after each batch."""
     return self.codec.encode(images, batch_size, names, progress)
 
-  def decompress(self, data: bytes, ignore_environment: bool = False, progress=None):
-    """The bytes of ``compress`` -> exactly its images, uint8 [N, H, W, C]. Raises
-    CodecError (a ValueError) for another model's file, a damaged one, or another
-    environment (unless ``ignore_environment``; a checksum then refuses a wrong result)."""
-    return self.codec.decode(data, ignore_environment, progress)
+  def decompress(self, data: bytes, progress=None):
+    """The bytes of ``compress``, from this machine or another -> exactly its images, uint8
+    [N, H, W, C]. Raises CodecError (a ValueError) for another model's file or a damaged one."""
+    return self.codec.decode(data, progress)
 
   def _check_images(self, images):
     images = np.asarray(images)

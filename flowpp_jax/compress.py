@@ -1,7 +1,7 @@
 """Lossless image compression with a trained or imported model (local bits-back coding).
 
   python -m flowpp_jax.compress --workdir=DIR encode IMAGES OUT [--batch_size=B] [--step=N]
-  python -m flowpp_jax.compress --workdir=DIR decode IN IMAGES_OUT [--ignore_environment]
+  python -m flowpp_jax.compress --workdir=DIR decode IN IMAGES_OUT
 
 IMAGES: a .npy of uint8 [N, H, W, C], or a folder of PNGs (its *.png, in name order), in the
 model's image shape. IMAGES_OUT ending in .npy gets the array, anything else becomes a folder
@@ -23,9 +23,6 @@ if __name__ == '__main__':  # a command's flags exist where it runs: absl's are 
   flags.DEFINE_integer(
       'batch_size', 1, 'encode: images coded together. Larger batches run faster per image '
       'but start with more initial bits (about 24 bits per pixel value of a batch).')
-  flags.DEFINE_bool(
-      'ignore_environment', False, 'decode: try even where jax, jaxlib or the CPU differ '
-      'from the encoder\'s (a checksum of the images refuses a wrong result).')
 
 USAGE = ('usage: python -m flowpp_jax.compress --workdir=DIR encode IMAGES OUT | '
          'decode IN IMAGES_OUT')
@@ -68,9 +65,8 @@ def main(argv):
     else:
       with open(source, 'rb') as f:
         data = f.read()
-      header = model.codec.read_header(data, FLAGS.ignore_environment)
-      images = model.decompress(data, ignore_environment=FLAGS.ignore_environment,
-                                progress=codec_lib.Progress('decoded', _say))
+      header = model.codec.read_header(data)
+      images = model.decompress(data, progress=codec_lib.Progress('decoded', _say))
       image_files.write_images(target, images, header.names)
       _say(f'decoded {len(images)} images into {target} in '
            f'{time.perf_counter() - start:.1f} s')

@@ -128,6 +128,9 @@ def _bisect(target, logits, means, log_scales):
 
 
 NEWTON_TOLERANCE = 2.0 ** -20  # relative: the last step is below this times 1 + |x|
+# In float64 (the codec's): 2^-44, so that the root's error is far below the drift between
+# two machines' float64 arithmetic, not 2^-20 of it (docs/compression.md, "Portability").
+NEWTON_TOLERANCE_FLOAT64 = 2.0 ** -44
 NEWTON_MAX_STEPS = 64
 
 
@@ -139,12 +142,17 @@ def mixlogistic_invlogit_cdf_newton(target, logits, means, log_scales):
   From the mixture-weighted mean of the components' roots, each step is Newton's on logit F
   (slope f / (F (1 - F))) unless it would leave the bracket that the signs seen so far keep
   (that of mixlogistic_invlogit_cdf), where it bisects instead. Steps stop when every
-  element's last step is below NEWTON_TOLERANCE (1 + |x|), or after NEWTON_MAX_STEPS. The
+  element's last step is below NEWTON_TOLERANCE (1 + |x|) (NEWTON_TOLERANCE_FLOAT64 for
+  float64 inputs), or after NEWTON_MAX_STEPS. The
   count depends on the whole input, so the same inputs give the same bits: the local
   bits-back coder's inverse needs exactly that, and an error far below its Gaussians' scale.
   Not differentiable.
   """
   return _newton(target, logits, means, log_scales)
+
+
+def _newton_tolerance(dtype) -> float:
+  return NEWTON_TOLERANCE_FLOAT64 if dtype == jnp.float64 else NEWTON_TOLERANCE
 
 
 @jax.jit
@@ -172,7 +180,7 @@ def _newton(target, logits, means, log_scales):
 
   def unfinished(state):
     count, *_, last = state
-    return (count < NEWTON_MAX_STEPS) & (last > NEWTON_TOLERANCE)
+    return (count < NEWTON_MAX_STEPS) & (last > _newton_tolerance(target.dtype))
 
   state = (0, start, lo, hi, jnp.array(jnp.inf, target.dtype))
   return lax.while_loop(unfinished, step, state)[1]

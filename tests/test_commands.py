@@ -13,7 +13,7 @@ from conftest import ROOT
 COMMANDS = {
     'main': ('config', 'workdir', 'mode', 'distributed', 'coordinator_address'),
     'bench': ('config', 'steps', 'sample_num', 'compile_only'),
-    'compress': ('workdir', 'step', 'batch_size', 'ignore_environment'),
+    'compress': ('workdir', 'step', 'batch_size'),
     'import_weights': ('config', 'weights', 'workdir', 'export', 'export_layout'),
     'prepare': ('config', 'dataset', 'data_dir', 'manual_dir'),
     'roundtrip': ('config', 'batch', 'trials'),

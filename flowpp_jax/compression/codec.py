@@ -14,21 +14,21 @@ The initial bits: the first batch pops eps before anything is pushed, so the sta
 bottom that coding never touched are not stored: the decoder regenerates them. What is stored
 of the seed is the one-time cost, about 24 bits per dimension of one batch.
 
-The model runs as ``scan_layers=False``, ``remat=False`` on the CPU backend in float32, layer
-by layer (jitted per layer), with the same batch shapes on both sides; the file records jax,
-jaxlib and the CPU, and refuses to decode elsewhere unless asked to (a checksum of the images
-then catches a decode that went wrong).
+The model runs as ``scan_layers=False``, ``remat=False`` on the CPU backend in float64, layer
+by layer (jitted per layer), with the same batch shapes on both sides. Each Gaussian's mean and
+std are snapped to a grid before they set a model, and the encoder sends how it snapped the few
+that lie near a rounding boundary (``coder``), so that a file decodes on another CPU, jax or
+thread count than the one that encoded it; a checksum of the images catches a decode that went
+wrong anyway.
 """
 import dataclasses
 import hashlib
 import json
-import platform
 import time
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 
 from flowpp_jax import architecture
@@ -36,7 +36,7 @@ from flowpp_jax.compression import flow_coding
 from flowpp_jax.compression.coder import CoderRangeError, Stack, seed_words
 from flowpp_jax.model import FlowPlusPlus
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: float64 coding with snapped Gaussians (1 decoded only where encoded)
 MAGIC = b'FPPZ'
 GRID_BITS = 14  # every value between layers, u included, is a multiple of DELTA = 2^-14
 DELTA = 2.0 ** -GRID_BITS
@@ -48,21 +48,15 @@ SEED_WORDS_PER_DIM = 2  # 64 bits per dimension of a batch: twice what a batch h
 DIGEST = 8  # bytes of SHA-256 kept for the fingerprint and the checksums
 
 
+# What a decode that went wrong means, given that the fingerprint and the checksum matched.
+_MISMATCH = ('this machine computes the model further from the encoder\'s than the format '
+             'allows (docs/compression.md, "Portability"); decode where it was encoded, and '
+             'report the two machines')
+
+
 class CodecError(ValueError):
   """A file that cannot be decoded here, or images that cannot be encoded: the message says
   why and what to do."""
-
-
-def environment() -> str:
-  """What bit-exact decoding depends on: jax, jaxlib, the backend, the precision, the CPU."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return (f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, cpu backend, float32, '
-          f'{platform.machine()} {cpu}')
 
 
 def _digest(*parts: bytes) -> bytes:
@@ -118,16 +112,15 @@ def _read_varint(data: bytes, at: int):
 @dataclasses.dataclass
 class Header:
   """What a file says about itself: MAGIC, the format version, then varints (count, H, W, C,
-  num_levels, batch_size, seed_prefix, grid bits, -log2 sigma), three DIGEST-byte digests
-  (the model's fingerprint, the environment, the images) and the PNG names (a varint length,
-  then newline-separated UTF-8; none for an array)."""
+  num_levels, batch_size, seed_prefix, grid bits, -log2 sigma), two DIGEST-byte digests
+  (the model's fingerprint, the images) and the PNG names (a varint length, then
+  newline-separated UTF-8; none for an array)."""
   count: int
   image_shape: tuple
   num_levels: int
   batch_size: int
   seed_prefix: int  # bottom seed words not stored
   fingerprint: bytes
-  environment: bytes  # DIGEST bytes of environment()
   images_digest: bytes
   names: tuple = ()
   grid_bits: int = GRID_BITS
@@ -138,7 +131,7 @@ class Header:
     numbers = (self.count, *self.image_shape, self.num_levels, self.batch_size,
                self.seed_prefix, self.grid_bits, -self.sigma_log2)
     return (MAGIC + bytes([FORMAT_VERSION]) + b''.join(_varint(n) for n in numbers)
-            + self.fingerprint + self.environment + self.images_digest + _varint(len(names))
+            + self.fingerprint + self.images_digest + _varint(len(names))
             + names)
 
   @classmethod
@@ -148,13 +141,13 @@ class Header:
       raise CodecError('not a flowpp_jax compressed file (its first bytes are not "FPPZ")')
     if data[4] != FORMAT_VERSION:
       raise CodecError(f'the file is format version {data[4]}; this flowpp_jax reads '
-                       f'version {FORMAT_VERSION}')
+                       f'version {FORMAT_VERSION}: decode it with the flowpp_jax that wrote it')
     at, numbers = 5, []
     for _ in range(9):
       n, at = _read_varint(data, at)
       numbers.append(n)
-    digests = [data[at + i * DIGEST:at + (i + 1) * DIGEST] for i in range(3)]
-    names_len, at = _read_varint(data, at + 3 * DIGEST)
+    digests = [data[at + i * DIGEST:at + (i + 1) * DIGEST] for i in range(2)]
+    names_len, at = _read_varint(data, at + 2 * DIGEST)
     if len(data) < at + names_len:
       raise CodecError('the file is truncated or corrupted (it ends inside its header)')
     names = data[at:at + names_len].decode(errors='replace')
@@ -181,8 +174,9 @@ class ImageCodec:
     self.model = FlowPlusPlus(self.config)
     self._cpu = jax.devices('cpu')[0]
     params = architecture.unscanned_params(jax.tree_util.tree_map(np.asarray, params))
-    self.params = jax.device_put(jax.tree_util.tree_map(
-        lambda a: np.asarray(a, np.float32), params), self._cpu)
+    with jax.enable_x64(True):  # the coding runs in float64 (the module's docstring)
+      self.params = jax.device_put(jax.tree_util.tree_map(
+          lambda a: np.asarray(a, flow_coding.VALUE_DTYPE), params), self._cpu)
     self.fingerprint = fingerprint(model_config, params)
     self.variational = self.config.dequant.kind == 'variational'
     self.sigma = 2.0 ** SIGMA_LOG2
@@ -207,7 +201,7 @@ class ImageCodec:
     return self.model.apply({'params': self.params}, *args, method=method)
 
   def _dequant_flow(self, stack, value, x, inverse):
-    context = self._context(self.params, jnp.asarray(x, jnp.float32))
+    context = self._context(self.params, jnp.asarray(x, flow_coding.VALUE_DTYPE))
     flow = lambda m, v, c: m.dequantizer.flow(v, c, inverse=inverse)[0]
     with flow_coding.coding(stack, self.sigma, DELTA, self._programs, self.ledger):
       return flow_coding.to_grid(self._run(flow, flow_coding.from_grid(value, DELTA), context),
@@ -221,6 +215,10 @@ class ImageCodec:
   def encode_batch(self, stack: Stack, x: np.ndarray):
     """Codes images x uint8 [B, H, W, C] onto ``stack``. Returns (u, eps), int64 grid values
     [B, H, W, C] of the dequantization noise used (eps None for a uniform dequantizer)."""
+    with jax.enable_x64(True):
+      return self._encode_batch(stack, x)
+
+  def _encode_batch(self, stack, x):
     shape = x.shape
     eps = None
     if self.variational:
@@ -239,8 +237,8 @@ class ImageCodec:
     """The model's -log2 p(x + u) + log2 q(u | x) [B] in bits, without coding, at the noise
     that ``encode_batch`` returned for images x uint8 [B, H, W, C]: what coding them should
     cost."""
-    with jax.default_device(self._cpu):
-      xf = jnp.asarray(x, jnp.float32)
+    with jax.default_device(self._cpu), jax.enable_x64(True):
+      xf = jnp.asarray(x, flow_coding.VALUE_DTYPE)
       log_px = np.asarray(self._log_px(self.params, xf + flow_coding.from_grid(u, DELTA)),
                           np.float64)
       log_qu = 0.0
@@ -251,13 +249,16 @@ class ImageCodec:
 
   def decode_batch(self, stack: Stack, count: int) -> np.ndarray:
     """Undoes ``encode_batch`` of ``count`` images: -> uint8 [count, H, W, C]."""
+    with jax.enable_x64(True):
+      return self._decode_batch(stack, count)
+
+  def _decode_batch(self, stack, count):
     z_shape = (count, *self.model.latent_shape)
     z = stack.decode(np.zeros(z_shape), np.full(z_shape, 1.0 / DELTA), LATENT_RANGE)
     y = self._main_flow(stack, z, inverse=True)
     x = np.right_shift(y, GRID_BITS)
     if np.any(x < 0) or np.any(x >= self.config.num_levels):
-      raise CodecError('decoding went wrong (a pixel outside [0, num_levels)): the file does '
-                       'not match this model or environment')
+      raise CodecError('decoding went wrong (a pixel outside [0, num_levels)): ' + _MISMATCH)
     u = np.bitwise_and(y, (1 << GRID_BITS) - 1)
     if self.variational:
       eps = self._dequant_flow(stack, u, x, inverse=True)
@@ -305,18 +306,17 @@ class ImageCodec:
     prefix = _common_prefix(words, seed)
     payload = words[prefix:].astype('<u4').tobytes()
     header = Header(count, self.image_shape, self.config.num_levels, batch_size, prefix,
-                    self.fingerprint, _digest(environment().encode()),
-                    _digest(images.tobytes()), tuple(names))
+                    self.fingerprint, _digest(images.tobytes()), tuple(names))
     body = header.pack() + payload
     self.last_report = {'batch_bits': growth, 'seed_bits_stored': 32 * (len(words) - prefix)
                         - int(np.sum(growth)), 'file_bytes': len(body) + DIGEST}
     return body + _digest(body)
 
-  def read_header(self, data: bytes, ignore_environment: bool = False) -> Header:
-    """The header of a file this model can decode here; CodecError says why it cannot."""
-    return self._open(data, ignore_environment)[0]
+  def read_header(self, data: bytes) -> Header:
+    """The header of a file this model can decode; CodecError says why it cannot."""
+    return self._open(data)[0]
 
-  def _open(self, data: bytes, ignore_environment: bool):
+  def _open(self, data: bytes):
     """-> (Header, the payload's words uint32) of a file this model can decode here."""
     data = bytes(data)
     header, at = Header.unpack(data)
@@ -332,19 +332,14 @@ class ImageCodec:
       raise CodecError(f'the file was coded on a 2^-{header.grid_bits} grid with sigma '
                        f'2^{header.sigma_log2}; this flowpp_jax codes 2^-{GRID_BITS}, '
                        f'2^{SIGMA_LOG2}')
-    if not ignore_environment and header.environment != _digest(environment().encode()):
-      raise CodecError(f'the file was encoded in another environment than this one '
-                       f'({environment()}): decoding is bit-exact only in the same jax, jaxlib '
-                       'and CPU; decode it there, or pass --ignore_environment to try (a '
-                       'checksum catches a wrong result)')
     return header, np.frombuffer(data[at:-DIGEST], '<u4').astype(np.uint32)
 
-  def decode(self, data: bytes, ignore_environment: bool = False,
+  def decode(self, data: bytes,
              progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """The compressed file's bytes -> uint8 [N, H, W, C], exactly the images encoded."""
-    header, payload = self._open(data, ignore_environment)
+    header, payload = self._open(data)
     seed = seed_words(_seed_size(header.count, header.batch_size, self.image_shape))
-    stack = Stack(np.concatenate([seed[:header.seed_prefix], payload]))
+    stack = Stack(np.concatenate([seed[:header.seed_prefix], payload]), decoder=True)
     out = np.empty((header.count, *self.image_shape), np.uint8)
     done = 0
     with jax.default_device(self._cpu):
@@ -352,16 +347,14 @@ class ImageCodec:
         try:
           out[start:stop] = self.decode_batch(stack, stop - start)
         except (CoderRangeError, flow_coding.GridError):
-          raise CodecError('decoding went wrong: the file does not match this model or '
-                           'environment') from None
+          raise CodecError('decoding went wrong: ' + _MISMATCH) from None
         done += stop - start
         if progress:
           progress(done, header.count)
     if _digest(out.tobytes()) != header.images_digest or not np.array_equal(stack.words(),
                                                                             seed):
-      raise CodecError('the decoded images do not match the checksum the encoder stored: this '
-                       'environment computes the model differently; decode where it was '
-                       'encoded')
+      raise CodecError('the decoded images do not match the checksum the encoder stored: '
+                       + _MISMATCH)
     return out
 
 

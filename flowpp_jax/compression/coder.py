@@ -14,6 +14,15 @@ point) does the coding; two things here keep its precision from costing bits:
 Everything that sets a symbol's model (m, the range, the coarse mean) is computed exactly from
 the float64 mean and std with integer and power-of-two arithmetic, so the encoder and decoder
 derive the same models from the same inputs.
+
+Portability. The two sides compute each mean and std in their own environment (another CPU,
+jax or thread count), which may round their last bits differently. So both are snapped to a
+grid before they set a model: the std to STD_BITS significant bits, the mean to a power-of-two
+step of 1/128 to 1/64 of the snapped std. A value within AMBIGUITY of a rounding boundary could
+snap the other way on the other side: for those, and only those, the encoder sends how it
+snapped them (its integer mod 4), in a short record coded next to the symbols. The decoder
+never judges ambiguity itself; it follows the record. docs/compression.md gives the drift
+measured between environments that sets AMBIGUITY.
 """
 import hashlib
 from typing import Optional
@@ -30,6 +39,32 @@ RANGE = 4.0
 MIN_STD = 1.0 / 16
 
 
+# Snapping (see the module's docstring). The std keeps STD_BITS significant bits (a relative
+# step of 2^-9 to 2^-8); the mean a step of 2^(e + MEAN_STEP_LOG2) for a std in [2^(e-1), 2^e).
+# Both cost under 2e-5 bits per value (a mean off by d costs d^2 / (2 std^2) nats).
+STD_BITS = 9
+MEAN_STEP_LOG2 = -7
+# A value is ambiguous within AMBIGUITY steps of a boundary, plus AMBIGUITY_RELATIVE of its own
+# size in steps (float64's rounding grows with it). The largest drifts measured between
+# environments (docs/compression.md) were 5.4e-12 stds (2^-30.4 steps: AMBIGUITY is 340x it)
+# and 2611 ulps of a mean (AMBIGUITY_RELATIVE, 2^16 ulps, is 25x it). About 2e-6 of the
+# digits job's values are ambiguous.
+AMBIGUITY = 2.0 ** -22
+AMBIGUITY_RELATIVE = 2.0 ** -36
+# A record is a flag (are there ambiguous entries?), then for each ambiguous entry its index,
+# its residue mod 4 and whether another follows. The flag's probability is about that of an
+# ambiguous entry among a call's 2N entries (2^-21 each), within [2^-20, 2^-4]: the flag costs
+# about that probability / ln 2 bits when clear.
+ENTRY_PROBABILITY = 2.0 ** -21
+_RESIDUE = constriction.stream.model.Uniform(4)
+_MORE = constriction.stream.model.Uniform(2)
+
+
+def _flag(entries: int):
+  p = min(max(entries * ENTRY_PROBABILITY, 2.0 ** -20), 2.0 ** -4)
+  return constriction.stream.model.Categorical(np.array([1.0 - p, p]), perfect=False)
+
+
 class CoderRangeError(ValueError):
   """A value lies outside the range its Gaussian is cut to: it cannot be coded."""
 
@@ -38,6 +73,49 @@ def _ceil_log2(v):
   """ceil(log2(v)) for positive float64 v, exactly (from the binary exponent)."""
   mantissa, exponent = np.frexp(v)  # v = mantissa * 2^exponent, mantissa in [0.5, 1)
   return np.where(mantissa == 0.5, exponent - 1, exponent).astype(np.int64)
+
+
+# The cells of the snapping grid are [n - _SHIFT, n + 1 - _SHIFT), represented by their centre
+# n - _CENTRE: an irrational-looking shift, because values a layer computes are often exactly
+# dyadic (a grid value, a half) and would sit on the boundaries of an unshifted grid.
+_SHIFT = 0.7360679774997897  # 1/2 + (sqrt(5) - 2)
+_CENTRE = _SHIFT - 0.5
+
+
+def _round(x, tolerance):
+  """float64 x (in steps) -> (its cells n, int64; whether x lies within ``tolerance`` of a
+  cell boundary, where the other side's x may fall in the neighbouring cell)."""
+  shifted = x + _SHIFT
+  n = np.floor(shifted)
+  return n.astype(np.int64), np.minimum(shifted - n, n + 1 - shifted) < tolerance
+
+
+def _follow(n, residue):
+  """The integer of n - 1, n, n + 1 whose value mod 4 is ``residue``: the encoder's, where the
+  encoder's x and ours round to neighbours."""
+  return n + np.mod(residue - n + 1, 4) - 1
+
+
+def _snapped(mean, std, fixes=None):
+  """Float64 mean and std [n] -> (snapped mean, snapped std, ambiguous [2n] bool: std entries
+  first, the integers [2n] they rounded to). ``fixes`` (indices into the 2n entries, residues
+  mod 4), from the encoder's record, override the rounding of those entries."""
+  size = mean.size
+  fraction, exponent = np.frexp(np.maximum(std, MIN_STD))  # std = fraction 2^exponent
+  n_std, near_std = _round(np.ldexp(fraction, STD_BITS), AMBIGUITY)
+  if fixes is not None:
+    sel = fixes[0] < size
+    n_std[fixes[0][sel]] = _follow(n_std[fixes[0][sel]], fixes[1][sel])
+  std = np.ldexp(n_std - _CENTRE, exponent - STD_BITS)
+  shift = np.frexp(std)[1] + MEAN_STEP_LOG2
+  x = np.ldexp(mean, -shift)
+  n_mean, near_mean = _round(x, AMBIGUITY + AMBIGUITY_RELATIVE * np.abs(x))
+  if fixes is not None:
+    sel = fixes[0] >= size
+    at = fixes[0][sel] - size
+    n_mean[at] = _follow(n_mean[at], fixes[1][sel])
+  mean = np.ldexp(n_mean - _CENTRE, shift)
+  return mean, std, np.concatenate([near_std, near_mean]), np.concatenate([n_std, n_mean])
 
 
 def _models(mean, std, range_stds):
@@ -63,14 +141,51 @@ class Stack:
 
   ``Stack(words)`` starts from the given uint32 words (the compressed data, or the seed of
   initial bits for bits-back), ``Stack()`` from nothing. Pushes and pops are LIFO: ``decode``
-  undoes the last ``encode`` of arrays of the same shape and models.
+  undoes the last ``encode`` of arrays of the same shape and models. The side that writes a
+  file codes with ``decoder=False``; the side that reads it, which runs each of the writer's
+  operations mirrored and in reverse, with ``decoder=True``: each Gaussian call of the writer
+  pushes a record of its ambiguous roundings after its symbols, and the reader pops it before
+  its mirrored call (see the module's docstring).
   """
 
-  def __init__(self, words: Optional[np.ndarray] = None):
+  def __init__(self, words: Optional[np.ndarray] = None, decoder: bool = False):
     if words is None:
       self._coder = constriction.stream.stack.AnsCoder()
     else:
       self._coder = constriction.stream.stack.AnsCoder(np.asarray(words, np.uint32).copy())
+    self.decoder = decoder
+
+  def _snap(self, mean, std):
+    """(snapped mean, snapped std, the record to push after the call or None): the reader
+    pops the writer's record here and follows it."""
+    mean = np.asarray(mean, np.float64).ravel()
+    std = np.asarray(std, np.float64).ravel()
+    if self.decoder:
+      return (*_snapped(mean, std, self._pop_record(2 * mean.size))[:2], None)
+    mean, std, near, n = _snapped(mean, std)
+    return mean, std, (np.flatnonzero(near), np.mod(n[near], 4))
+
+  def _push_record(self, record, entries: int) -> None:
+    """Pushes the record of a call's ambiguous roundings (indices among ``entries``), last
+    entry first, so that ``_pop_record`` reads the flag, then the entries in order."""
+    index, residue = record
+    position = constriction.stream.model.Uniform(entries)
+    for i in reversed(range(len(index))):
+      self._coder.encode_reverse(np.array([int(i + 1 < len(index))], np.int32), _MORE)
+      self._coder.encode_reverse(np.array([residue[i]], np.int32), _RESIDUE)
+      self._coder.encode_reverse(np.array([index[i]], np.int32), position)
+    self._coder.encode_reverse(np.array([int(len(index) > 0)], np.int32), _flag(entries))
+
+  def _pop_record(self, entries: int):
+    """-> (indices, residues) of the writer's ambiguous roundings of a call of ``entries``."""
+    index, residue = [], []
+    more = self._coder.decode(_flag(entries), 1)[0]
+    position = constriction.stream.model.Uniform(entries)
+    while more:
+      index.append(self._coder.decode(position, 1)[0])
+      residue.append(self._coder.decode(_RESIDUE, 1)[0])
+      more = self._coder.decode(_MORE, 1)[0]
+    return np.asarray(index, np.int64), np.asarray(residue, np.int64)
 
   def words(self) -> np.ndarray:
     """The stack's content, uint32 [n]."""
@@ -84,7 +199,8 @@ class Stack:
     """Pushes integers k (any shape) under N(mean, std^2), mean and std float64 of k's shape in
     grid units. Raises CoderRangeError if some k is more than ~range_stds stds from its mean."""
     k = np.asarray(k, np.int64).ravel()
-    m, mean_c, std_c, r, centre = (a.ravel() for a in _models(mean, std, range_stds))
+    mean, std, record = self._snap(mean, std)
+    m, mean_c, std_c, r, centre = _models(mean, std, range_stds)
     symbol = np.right_shift(k, m) - centre  # floor(k / 2^m): numpy shifts floor negatives
     if np.any(np.abs(symbol) > np.left_shift(1, r)):
       worst = int(np.argmax(np.abs(symbol) - np.left_shift(1, r)))
@@ -105,11 +221,14 @@ class Stack:
       half = 1 << int(exponent)
       model = constriction.stream.model.QuantizedGaussian(-half, half)
       self._coder.encode_reverse(symbol[sel].astype(np.int32), model, mean_c[sel], std_c[sel])
+    if record is not None:
+      self._push_record(record, 2 * k.size)
 
   def decode(self, mean, std, range_stds: float = RANGE) -> np.ndarray:
     """Pops integers int64 of mean's shape under N(mean, std^2) (as ``encode`` pushed them)."""
     shape = np.shape(mean)
-    m, mean_c, std_c, r, centre = (a.ravel() for a in _models(mean, std, range_stds))
+    mean, std, record = self._snap(mean, std)
+    m, mean_c, std_c, r, centre = _models(mean, std, range_stds)
     symbol = np.empty(m.shape, np.int64)
     for exponent in np.unique(r):
       sel = r == exponent
@@ -121,6 +240,8 @@ class Stack:
     if np.any(fine):
       sizes = np.left_shift(1, m[fine]).astype(np.int32)
       k[fine] += self._coder.decode(constriction.stream.model.Uniform(), sizes)
+    if record is not None:
+      self._push_record(record, 2 * k.size)
     return k.reshape(shape)
 
   def encode_uniform(self, k, bits: int) -> None:

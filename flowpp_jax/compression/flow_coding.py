@@ -11,9 +11,11 @@ value on ``stack`` instead of computing it:
 So running a flow forward under ``coding`` codes its input at the cost of -log2 |det J| (plus
 the grids' terms), and running it inverse undoes exactly that. Splits, squeezes and flips are
 permutations of grid values and run as they are. Every value that passes between layers is on
-one grid of step ``delta`` (a power of two) and travels as float32, which holds it exactly while
-|value| < 2^24 delta; the layers' own arithmetic (conditioners, mixture CDFs, their bisection)
-runs as in the model, and both sides run it on the same inputs, so they agree bit for bit.
+one grid of step ``delta`` (a power of two) and travels as VALUE_DTYPE, float64 (x64 is on
+within ``coding``), which holds it exactly; ``to_grid`` refuses |value| >= 2^24 delta. The
+layers' own arithmetic (conditioners, mixture CDFs, their Newton inverse) runs as in the model,
+in float64 for float64 inputs; two machines may differ in its last bits, which the coder's
+snapping absorbs (``coder``).
 
 The model must be built with ``scan_layers=False`` and ``remat=False``: inside a scan the
 layers see traced values, which cannot be coded. It must run eagerly (not under jit).
@@ -37,13 +39,16 @@ CODED = (bij.LogitPreprocess, bij.Norm, bij.ActNorm, bij.Pointwise, bij.MixLogis
 _COUPLINGS = (bij.MixLogisticCoupling, bij.AffineCoupling)
 
 
+VALUE_DTYPE = jnp.float64  # the values the coded layers compute on (the module's docstring)
+
+
 class GridError(ValueError):
-  """A value between layers is too large for its grid to travel exactly as float32."""
+  """A value between layers is too large for its grid (|value| < 2^24 delta)."""
 
 
 def to_grid(value, delta) -> np.ndarray:
   """Float values on the grid of step delta -> their int64 grid indices; GridError if some
-  value is not finite or too large to travel exactly as float32."""
+  value is not finite or not below 2^24 delta in magnitude."""
   value = np.asarray(value, np.float64)
   if not np.all(np.abs(value) < (1 << 24) * delta):
     raise GridError(f'a value of {float(np.max(np.abs(value))):.4g} between two layers does '
@@ -52,8 +57,9 @@ def to_grid(value, delta) -> np.ndarray:
 
 
 def from_grid(k, delta):
-  """int64 grid indices -> float32 values (exact)."""
-  return jnp.asarray(np.asarray(k, np.float64) * delta, jnp.float32)
+  """int64 grid indices -> VALUE_DTYPE values (exact; call it with x64 on, as ``coding``
+  is)."""
+  return jnp.asarray(np.asarray(k, np.float64) * delta, VALUE_DTYPE)
 
 
 # A Sigmoid's output (the dequantizer's u) must stay inside (0, 1) on its grid, so that x + u
@@ -142,7 +148,7 @@ def _build(free, tuple_input, delta):
   inverse(prepared, coded) -> f^{-1} of them."""
   if isinstance(free, _COUPLINGS):
     prepare = jax.jit(lambda variables, kept, context: free.apply(
-        variables, kept[0], context, method='elementwise_params'))
+        variables, kept[0], context, dtype=kept[0].dtype, method='elementwise_params'))
 
     def through(params, inverse):
       # The coder's inverse needs the same bits on both sides, not the last ulp.
@@ -223,8 +229,13 @@ def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma,
   result = _join(coupling, tuple_input, kept, tuple(from_grid(k, delta) for k in other))
   if ledger is not None:
     seconds = time.perf_counter() - start
-    log_det = programs.log_det(module, tuple_input)(module.variables,
-                                                    result if inverse else value, layer_context)
+    # At the input in VALUE_DTYPE, whatever the caller passed, so that both directions
+    # evaluate the same values.
+    on_grid = lambda parts: tuple(from_grid(to_grid(p, delta), delta) for p in parts)
+    layer_input = _split(coupling, result if inverse else value)
+    log_det = programs.log_det(module, tuple_input)(
+        module.variables, _join(coupling, tuple_input, *map(on_grid, layer_input)),
+        layer_context)
     ledger.append(LayerCall(type(module).__name__, '/'.join(module.scope.path), inverse,
                             stack.num_bits() - bits,
                             float(np.sum(np.asarray(log_det, np.float64))) / np.log(2),
@@ -239,7 +250,7 @@ def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, input_st
   shapes = [k.shape for k in k_parts]
   sizes = np.cumsum([0] + [k.size for k in k_parts])
   flat = lambda parts: np.concatenate([np.asarray(p, np.float64).ravel() for p in parts])
-  unflat = lambda v: tuple(jnp.asarray(v[a:b].reshape(s), jnp.float32)
+  unflat = lambda v: tuple(jnp.asarray(v[a:b].reshape(s), VALUE_DTYPE)
                            for a, b, s in zip(sizes[:-1], sizes[1:], shapes))
 
   def forward(v):
@@ -280,7 +291,7 @@ def coding(stack: Stack, sigma: float, delta: float, programs: Optional[Programs
     finally:
       busy[0] = False
     first = out[0] if isinstance(out, tuple) else out
-    return out, jnp.zeros((first.shape[0],), jnp.float32)
+    return out, jnp.zeros((first.shape[0],), first.dtype)
 
-  with nn.intercept_methods(interceptor):
+  with nn.intercept_methods(interceptor), jax.enable_x64(True):  # VALUE_DTYPE is float64
     yield

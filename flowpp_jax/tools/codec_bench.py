@@ -21,6 +21,7 @@ one `error: ...` line and exits with status 2. One host.
 """
 import collections
 import json
+import platform
 import sys
 import time
 
@@ -175,7 +176,7 @@ def format_report(info: dict, figures: dict, rows, exact: bool) -> str:
   """The figures, then the per-layer table in Markdown."""
   lines = [f'{info["config"]} {" ".join(info["config_overrides"])}'.rstrip(),
            f'{info["images"]} images {info["image_shape"]}, batch {info["batch_size"]}, '
-           f'init on {info["init_images"]}; {info["environment"]}',
+           f'init on {info["init_images"]}; jax {info["jax"]}, {info["machine"]}',
            f'round trip exact: {exact}',
            f'data-dependent init: {figures["init_s"]:.1f} s',
            f'first batch, compiling included: encode {figures["encode_first_batch_s"]:.1f} s, '
@@ -223,7 +224,7 @@ def main(argv):
     cli.fail(f'{e}'.splitlines()[0])
   info = {**cli.config_arguments(sys.argv), 'images': count,
           'image_shape': list(config.model.image_shape), 'batch_size': batch_size,
-          'init_images': init_images, 'environment': codec_lib.environment()}
+          'init_images': init_images, 'jax': jax.__version__, 'machine': platform.machine()}
   print(format_report(info, figures, rows, exact))
   print(json.dumps({**info, **figures, 'exact': exact, 'layers': rows}), flush=True)
   if not exact:

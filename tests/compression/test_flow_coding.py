@@ -61,7 +61,7 @@ def test_main_flow_round_trip_and_codelength(tiny):
   ideal = -float(np.sum(np.asarray(log_p, np.float64))) / np.log(2) - dims * np.log2(DELTA)
   assert abs(stack.num_bits() - start - ideal) / dims < 0.01  # bits/dim; measured ~5e-4
 
-  reader = Stack(stack.words())
+  reader = Stack(stack.words(), decoder=True)
   z_k = reader.decode(np.zeros(z.shape), np.full(z.shape, 1 / DELTA))
   back_ledger = []
   with coding(reader, SIGMA, DELTA, ledger=back_ledger):
@@ -99,8 +99,10 @@ def test_conditional_flow_inverse_then_forward_restores_the_stack(tiny):
   stack = Stack(seed)
   xf = jnp.asarray(x, jnp.float32)
   with coding(stack, SIGMA, DELTA):
+    stack.decoder = True  # a decoder's pops first, then the pushes an encoder's pops mirror
     eps = model.apply({'params': params}, jnp.asarray(u_k * DELTA, jnp.float32), xf, True,
                       method=_dequant_flow)
+    stack.decoder = False
     u = model.apply({'params': params}, jnp.asarray(_grid(eps) * DELTA, jnp.float32), xf,
                     False, method=_dequant_flow)
   np.testing.assert_array_equal(_grid(u), u_k)
@@ -140,7 +142,7 @@ def test_a_layer_that_changes_units_codes_at_its_log_det(layer, draw, bound):
   log_det = float(np.sum(np.asarray(apply(x, False)[1], np.float64))) / np.log(2)
   overhead = (stack.num_bits() - 32 * len(seed) + log_det) / x.size
   assert abs(overhead) < bound, overhead  # bits/dim
-  reader = Stack(stack.words())
+  reader = Stack(stack.words(), decoder=True)
   with coding(reader, sigma, delta):
     back = apply(y, True)[0]
   np.testing.assert_array_equal(np.asarray(back), np.asarray(x))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from flowpp_jax.compression import lbb
-from flowpp_jax.compression.coder import CoderRangeError, Stack, seed_words
+from flowpp_jax.compression import coder, lbb
+from flowpp_jax.compression.coder import CoderRangeError, Stack, _snapped, seed_words
 
 DELTA = 2.0 ** -16  # grid step of the layers' inputs and outputs
 SIGMA = 2.0 ** -8  # the local Gaussians' scale, in input units
@@ -30,8 +30,53 @@ def test_stack_round_trip_restores_the_seed_exactly():
     popped = stack.decode(mean, std)
     stack.encode(k, mean, std)
     draws.append((k, mean, std, popped))
-  reader = Stack(stack.words())
+  reader = Stack(stack.words(), decoder=True)
   for k, mean, std, popped in reversed(draws):
+    np.testing.assert_array_equal(reader.decode(mean, std), k)
+    reader.encode(popped, mean, std)
+  np.testing.assert_array_equal(reader.words(), seed)
+
+
+def _on_boundaries(rng, mean, std, share):
+  """The same Gaussians with ``share`` of their means and of their stds moved onto a boundary
+  of the snapping grid (where the two sides of a file may round apart)."""
+  mean, std = mean.copy(), std.copy()
+  pick = rng.random(mean.shape) < share
+  fraction, exponent = np.frexp(std[pick])
+  cells = np.floor(np.ldexp(fraction, coder.STD_BITS)) + 1  # in (256, 512]: a boundary above
+  std[pick] = np.ldexp(np.minimum(cells, 511) - coder._SHIFT, exponent - coder.STD_BITS)
+  pick = rng.random(mean.shape) < share
+  _, snapped_std, _, _ = coder._snapped(mean, std)
+  shift = np.frexp(snapped_std[pick])[1] + coder.MEAN_STEP_LOG2
+  mean[pick] = np.ldexp(np.floor(np.ldexp(mean[pick], -shift)) - coder._SHIFT, shift)
+  return mean, std
+
+
+def test_a_reader_whose_gaussians_drift_follows_the_writer():
+  # Another machine computes each mean and std with its own last bits. Here the reader's are
+  # the writer's moved by 1e-12 stds and 2^-44 of themselves (the largest drift measured
+  # between environments is 5.4e-12 stds, docs/compression.md), and a tenth of them sit on a
+  # snapping boundary, moved across it in opposite directions: the reader still decodes
+  # exactly, and the stack returns to its seed.
+  rng = np.random.default_rng(5)
+  seed = seed_words(1 << 12)
+  writer = Stack(seed)
+  draws = []
+  ambiguous = 0
+  for _ in range(3):  # pops (bits back) and pushes, as LBB does
+    k, mean, std = _gaussians(rng, 2000)
+    mean, std = _on_boundaries(rng, np.clip(mean, -1e5, 1e5), std, 0.1)
+    sign = rng.choice([-1.0, 1.0], mean.shape)
+    theirs = (mean * (1 - sign * 2.0 ** -44) - sign * 1e-12 * std,
+              std * (1 + sign * 2.0 ** -44))
+    ambiguous += int(np.sum(coder._snapped(mean, std)[2]))
+    k = np.round(np.clip(k, mean - 3 * std, mean + 3 * std)).astype(np.int64)
+    popped = writer.decode(mean, std)
+    writer.encode(k, mean, std)
+    draws.append((k, theirs, popped))
+  assert ambiguous > 300  # the records carry them
+  reader = Stack(writer.words(), decoder=True)
+  for k, (mean, std), popped in reversed(draws):
     np.testing.assert_array_equal(reader.decode(mean, std), k)
     reader.encode(popped, mean, std)
   np.testing.assert_array_equal(reader.words(), seed)
@@ -47,7 +92,10 @@ def test_codelength_is_the_gaussian_bin_mass():
   stack.encode(k, mean, std)
   mass = stats.norm.cdf(k + 0.5, mean, std) - stats.norm.cdf(k - 0.5, mean, std)
   ideal = -np.log2(mass).sum()
-  assert stack.num_bits() == pytest.approx(ideal, rel=2e-4)
+  # Plus the record of the roundings that another machine could make differently: under 40
+  # bits for each (one here, among 40000 means and stds).
+  records = 40 * int(np.sum(_snapped(mean, std)[2]))
+  assert ideal <= stack.num_bits() <= ideal * (1 + 2e-4) + records
 
 
 def test_a_value_outside_the_range_is_refused():
@@ -83,7 +131,7 @@ def test_elementwise_layer_round_trip_and_codelength():
   overhead = (stack.num_bits() - start - ideal) / x_k.size
   assert 0 <= overhead < 5e-4
   np.testing.assert_allclose(y_k * DELTA, np.sinh(x_k * DELTA), atol=10 * SIGMA * np.cosh(2))
-  reader = Stack(stack.words())
+  reader = Stack(stack.words(), decoder=True)
   np.testing.assert_array_equal(
       lbb.decode_elementwise(reader, y_k, _sinh, np.arcsinh, sigma=SIGMA, delta_in=DELTA,
                              delta_out=DELTA), x_k)
@@ -115,8 +163,8 @@ def test_linear_layer_round_trip_and_codelength():
   positions = x_k.size // channels
   ideal = -np.log2(abs(np.linalg.det(weight))) * positions
   overhead = (stack.num_bits() - start - ideal) / x_k.size
-  assert 0 <= overhead < 1e-3
-  reader = Stack(stack.words())
+  assert abs(overhead) < 1e-3  # the draws' spread: -1.5e-4 measured, +2e-4 at other draws
+  reader = Stack(stack.words(), decoder=True)
   np.testing.assert_array_equal(
       lbb.decode_linear(reader, y_k, weight, sigma=SIGMA, delta_in=DELTA, delta_out=DELTA), x_k)
   np.testing.assert_array_equal(reader.words(), seed)
