@@ -19,6 +19,7 @@ COMMANDS = {
     'roundtrip': ('config', 'batch', 'trials'),
     'plot_runs': ('out', 'metric', 'title'),
     'tools.codec_bench': ('config', 'images', 'batch_size', 'init_images'),
+    'tools.codec_drift': ('workdir', 'count', 'reference'),
     'tools.compare_codecs': ('workdir', 'batch_size'),
     'tools.kernel_bench': ('positions', 'examples', 'heads', 'head_dim', 'filters', 'repeats',
                            'peak_size'),

@@ -46,9 +46,9 @@ STD_BITS = 9
 MEAN_STEP_LOG2 = -7
 # A value is ambiguous within AMBIGUITY steps of a boundary, plus AMBIGUITY_RELATIVE of its own
 # size in steps (float64's rounding grows with it). The largest drifts measured between
-# environments (docs/compression.md) were 5.4e-12 stds (2^-30.4 steps: AMBIGUITY is 340x it)
-# and 2611 ulps of a mean (AMBIGUITY_RELATIVE, 2^16 ulps, is 25x it). About 2e-6 of the
-# digits job's values are ambiguous.
+# environments (docs/compression.md) were 7.0e-12 stds (AMBIGUITY, 2^-22 steps of at most
+# 2^-6 stds, is 265x it) and, for means over 100 stds, 2^-44.5 of the mean
+# (AMBIGUITY_RELATIVE is 360x it). About 2e-6 of the digits job's values are ambiguous.
 AMBIGUITY = 2.0 ** -22
 AMBIGUITY_RELATIVE = 2.0 ** -36
 # A record is a flag (are there ambiguous entries?), then for each ambiguous entry its index,
@@ -75,17 +75,18 @@ def _ceil_log2(v):
   return np.where(mantissa == 0.5, exponent - 1, exponent).astype(np.int64)
 
 
-# The cells of the snapping grid are [n - _SHIFT, n + 1 - _SHIFT), represented by their centre
-# n - _CENTRE: an irrational-looking shift, because values a layer computes are often exactly
-# dyadic (a grid value, a half) and would sit on the boundaries of an unshifted grid.
-_SHIFT = 0.7360679774997897  # 1/2 + (sqrt(5) - 2)
-_CENTRE = _SHIFT - 0.5
+# The cells of the snapping grid are [n - CELL_SHIFT, n + 1 - CELL_SHIFT), represented by
+# their centre n - CELL_CENTRE: an irrational-looking shift, because values a layer computes
+# are often exactly dyadic (a grid value, a half) and would sit on an unshifted grid's
+# boundaries.
+CELL_SHIFT = 0.7360679774997897  # 1/2 + (sqrt(5) - 2)
+CELL_CENTRE = CELL_SHIFT - 0.5
 
 
 def _round(x, tolerance):
   """float64 x (in steps) -> (its cells n, int64; whether x lies within ``tolerance`` of a
   cell boundary, where the other side's x may fall in the neighbouring cell)."""
-  shifted = x + _SHIFT
+  shifted = x + CELL_SHIFT
   n = np.floor(shifted)
   return n.astype(np.int64), np.minimum(shifted - n, n + 1 - shifted) < tolerance
 
@@ -96,7 +97,7 @@ def _follow(n, residue):
   return n + np.mod(residue - n + 1, 4) - 1
 
 
-def _snapped(mean, std, fixes=None):
+def snap(mean, std, fixes=None):
   """Float64 mean and std [n] -> (snapped mean, snapped std, ambiguous [2n] bool: std entries
   first, the integers [2n] they rounded to). ``fixes`` (indices into the 2n entries, residues
   mod 4), from the encoder's record, override the rounding of those entries."""
@@ -106,7 +107,7 @@ def _snapped(mean, std, fixes=None):
   if fixes is not None:
     sel = fixes[0] < size
     n_std[fixes[0][sel]] = _follow(n_std[fixes[0][sel]], fixes[1][sel])
-  std = np.ldexp(n_std - _CENTRE, exponent - STD_BITS)
+  std = np.ldexp(n_std - CELL_CENTRE, exponent - STD_BITS)
   shift = np.frexp(std)[1] + MEAN_STEP_LOG2
   x = np.ldexp(mean, -shift)
   n_mean, near_mean = _round(x, AMBIGUITY + AMBIGUITY_RELATIVE * np.abs(x))
@@ -114,7 +115,7 @@ def _snapped(mean, std, fixes=None):
     sel = fixes[0] >= size
     at = fixes[0][sel] - size
     n_mean[at] = _follow(n_mean[at], fixes[1][sel])
-  mean = np.ldexp(n_mean - _CENTRE, shift)
+  mean = np.ldexp(n_mean - CELL_CENTRE, shift)
   return mean, std, np.concatenate([near_std, near_mean]), np.concatenate([n_std, n_mean])
 
 
@@ -161,8 +162,8 @@ class Stack:
     mean = np.asarray(mean, np.float64).ravel()
     std = np.asarray(std, np.float64).ravel()
     if self.decoder:
-      return (*_snapped(mean, std, self._pop_record(2 * mean.size))[:2], None)
-    mean, std, near, n = _snapped(mean, std)
+      return (*snap(mean, std, self._pop_record(2 * mean.size))[:2], None)
+    mean, std, near, n = snap(mean, std)
     return mean, std, (np.flatnonzero(near), np.mod(n[near], 4))
 
   def _push_record(self, record, entries: int) -> None:

@@ -202,7 +202,7 @@ def format_report(info: dict, figures: dict, rows, exact: bool) -> str:
                f'| {_seconds(total, "encode")} | {_seconds(total, "decode")} |')
   lines.append('\n(The layers\' seconds are pass 2\'s, over every batch; the rest of each '
                'image\'s time codes the latent and eps, runs the dequantizer\'s context network '
-               'and converts between the grid and float32.)')
+               'and converts between the grid and float64.)')
   return '\n'.join(lines)
 
 
