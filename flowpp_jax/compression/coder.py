@@ -75,18 +75,21 @@ def _ceil_log2(v):
   return np.where(mantissa == 0.5, exponent - 1, exponent).astype(np.int64)
 
 
-# The cells of the snapping grid are [n - CELL_SHIFT, n + 1 - CELL_SHIFT), represented by
-# their centre n - CELL_CENTRE: an irrational-looking shift, because values a layer computes
-# are often exactly dyadic (a grid value, a half) and would sit on an unshifted grid's
-# boundaries.
+# The mean's cells are [n - CELL_SHIFT, n + 1 - CELL_SHIFT) steps, represented by their centre
+# n - CELL_CENTRE: an irrational-looking shift, because means are often exactly dyadic (a grid
+# value, a half) and would sit on an unshifted grid's boundaries. The std's cells are plain
+# roundings of its 9-bit mantissa, [n - 1/2, n + 1/2): so a std just under a power of two
+# (mantissa 512 at one exponent) and one just over it (256 at the next) snap to the same
+# value, which a shifted grid would not give.
 CELL_SHIFT = 0.7360679774997897  # 1/2 + (sqrt(5) - 2)
 CELL_CENTRE = CELL_SHIFT - 0.5
 
 
-def _round(x, tolerance):
-  """float64 x (in steps) -> (its cells n, int64; whether x lies within ``tolerance`` of a
-  cell boundary, where the other side's x may fall in the neighbouring cell)."""
-  shifted = x + CELL_SHIFT
+def _round(x, tolerance, shift=0.5):
+  """float64 x (in steps) -> (its cells n, int64: [n - shift, n + 1 - shift) holds x; whether
+  x lies within ``tolerance`` of a cell boundary, where the other side's x may fall in the
+  neighbouring cell)."""
+  shifted = x + shift
   n = np.floor(shifted)
   return n.astype(np.int64), np.minimum(shifted - n, n + 1 - shifted) < tolerance
 
@@ -107,10 +110,10 @@ def snap(mean, std, fixes=None):
   if fixes is not None:
     sel = fixes[0] < size
     n_std[fixes[0][sel]] = _follow(n_std[fixes[0][sel]], fixes[1][sel])
-  std = np.ldexp(n_std - CELL_CENTRE, exponent - STD_BITS)
+  std = np.ldexp(n_std.astype(np.float64), exponent - STD_BITS)
   shift = np.frexp(std)[1] + MEAN_STEP_LOG2
   x = np.ldexp(mean, -shift)
-  n_mean, near_mean = _round(x, AMBIGUITY + AMBIGUITY_RELATIVE * np.abs(x))
+  n_mean, near_mean = _round(x, AMBIGUITY + AMBIGUITY_RELATIVE * np.abs(x), CELL_SHIFT)
   if fixes is not None:
     sel = fixes[0] >= size
     at = fixes[0][sel] - size

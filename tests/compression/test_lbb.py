@@ -44,8 +44,10 @@ def _on_boundaries(rng, mean, std, share):
   mean, std = mean.copy(), std.copy()
   pick = rng.random(mean.shape) < share
   fraction, exponent = np.frexp(std[pick])
-  cells = np.floor(np.ldexp(fraction, coder.STD_BITS)) + 1  # in (256, 512]: a boundary above
-  std[pick] = np.ldexp(np.minimum(cells, 511) - coder.CELL_SHIFT, exponent - coder.STD_BITS)
+  cells = np.floor(np.ldexp(fraction, coder.STD_BITS))  # in [256, 512): the boundary above
+  std[pick] = np.ldexp(np.minimum(cells, 510) + 0.5, exponent - coder.STD_BITS)
+  pick = rng.random(mean.shape) < share  # powers of two, where the std's exponent changes
+  std[pick] = np.ldexp(1.0, np.frexp(std[pick])[1])
   pick = rng.random(mean.shape) < share
   _, snapped_std, _, _ = coder.snap(mean, std)
   shift = np.frexp(snapped_std[pick])[1] + coder.MEAN_STEP_LOG2
