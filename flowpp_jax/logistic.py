@@ -143,9 +143,9 @@ def mixlogistic_invlogit_cdf_newton(target, logits, means, log_scales):
   (slope f / (F (1 - F))) unless it would leave the bracket that the signs seen so far keep
   (that of mixlogistic_invlogit_cdf), where it bisects instead. Steps stop when every
   element's last step is below NEWTON_TOLERANCE (1 + |x|) (NEWTON_TOLERANCE_FLOAT64 for
-  float64 inputs), or after NEWTON_MAX_STEPS. The
-  count depends on the whole input, so the same inputs give the same bits: the local
-  bits-back coder's inverse needs exactly that, and an error far below its Gaussians' scale.
+  float64 inputs), or after NEWTON_MAX_STEPS. The count depends on the whole input, so the
+  same inputs give the same bits: the local bits-back coder's inverse needs exactly that, and
+  an error far below its Gaussians' scale.
   Not differentiable.
   """
   return _newton(target, logits, means, log_scales)

@@ -173,7 +173,7 @@ class Stack:
     """Pushes the record of a call's ambiguous roundings (indices among ``entries``), last
     entry first, so that ``_pop_record`` reads the flag, then the entries in order."""
     index, residue = record
-    position = constriction.stream.model.Uniform(entries)
+    position = constriction.stream.model.Uniform(entries) if len(index) else None
     for i in reversed(range(len(index))):
       self._coder.encode_reverse(np.array([int(i + 1 < len(index))], np.int32), _MORE)
       self._coder.encode_reverse(np.array([residue[i]], np.int32), _RESIDUE)
@@ -184,7 +184,7 @@ class Stack:
     """-> (indices, residues) of the writer's ambiguous roundings of a call of ``entries``."""
     index, residue = [], []
     more = self._coder.decode(_flag(entries), 1)[0]
-    position = constriction.stream.model.Uniform(entries)
+    position = constriction.stream.model.Uniform(entries) if more else None
     while more:
       index.append(self._coder.decode(position, 1)[0])
       residue.append(self._coder.decode(_RESIDUE, 1)[0])

@@ -39,10 +39,9 @@ class RecordingStack:
 
   def __init__(self, stack, follow=None):
     self._stack, self._follow = stack, follow
-    self.means, self.stds, self.values, self.kinds = [], [], [], []
+    self.means, self.stds, self.values = [], [], []
 
-  def _record(self, kind, mean, std, values):
-    self.kinds.append(kind)
+  def _record(self, mean, std, values):
     self.means.append(np.asarray(mean, np.float64).ravel())
     self.stds.append(np.asarray(std, np.float64).ravel())
     self.values.append(np.asarray(values, np.int64).ravel())
@@ -50,44 +49,44 @@ class RecordingStack:
   def _pop(self, shape, pop):
     if self._follow is None:
       return pop()
-    values = self._follow[len(self.kinds)]
+    values = self._follow[len(self.values)]
     if values.size != int(np.prod(shape)):
       raise ValueError('the reference coded other shapes: its images, model or count differ')
     return values.reshape(shape)
 
-  def encode(self, k, mean, std, range_stds=None):
+  def encode(self, k, mean, std, range_stds=coder.RANGE):
     if self._follow is None:
-      self._stack.encode(k, mean, std, *([] if range_stds is None else [range_stds]))
-    self._record('push', mean, std, k)
+      self._stack.encode(k, mean, std, range_stds)
+    self._record(mean, std, k)
 
-  def decode(self, mean, std, range_stds=None):
-    k = self._pop(np.shape(mean), lambda: self._stack.decode(
-        mean, std, *([] if range_stds is None else [range_stds])))
-    self._record('pop', mean, std, k)
+  def decode(self, mean, std, range_stds=coder.RANGE):
+    k = self._pop(np.shape(mean), lambda: self._stack.decode(mean, std, range_stds))
+    self._record(mean, std, k)
     return k
 
   def encode_uniform(self, k, bits):
     if self._follow is None:
       self._stack.encode_uniform(k, bits)
-    self._record('push', np.zeros(np.shape(k)), np.zeros(np.shape(k)), k)
+    self._record(np.zeros(np.shape(k)), np.zeros(np.shape(k)), k)
 
   def decode_uniform(self, shape, bits):
     k = self._pop(shape, lambda: self._stack.decode_uniform(shape, bits))
-    self._record('pop', np.zeros(shape), np.zeros(shape), k)
+    self._record(np.zeros(shape), np.zeros(shape), k)
     return k
 
   def num_bits(self):
     return 0 if self._follow is not None else self._stack.num_bits()
 
-  def save(self, path):
-    sizes = np.array([v.size for v in self.values], np.int64)
-    np.savez(path, mean=np.concatenate(self.means), std=np.concatenate(self.stds),
-             value=np.concatenate(self.values), size=sizes,
-             pop=np.array([k == 'pop' for k in self.kinds]))
+  def record(self) -> dict:
+    """Every call's Gaussians and values, concatenated in call order (std 0: a uniform draw),
+    and each call's size."""
+    return {'mean': np.concatenate(self.means), 'std': np.concatenate(self.stds),
+            'value': np.concatenate(self.values),
+            'size': np.array([v.size for v in self.values], np.int64)}
 
 
 def load_record(path):
-  """-> (dict of arrays, the popped values per call or None for a push)."""
+  """-> (the dict of ``RecordingStack.record``, each call's values, in call order)."""
   with np.load(path) as f:
     record = {k: f[k] for k in f.files}
   edges = np.cumsum(np.concatenate([[0], record['size']]))
@@ -134,7 +133,9 @@ def main(argv):
     cli.fail(f'--count must be >= 1, got {_COUNT.value}')
   if not target.endswith('.npz') or os.path.lexists(target):
     cli.fail(f'OUT must be a new .npz file (nothing is overwritten), got {target}')
+  import jax  # pylint: disable=g-import-not-at-top
   from flowpp_jax import api  # pylint: disable=g-import-not-at-top
+  from flowpp_jax.compression import codec as codec_lib  # pylint: disable=g-import-not-at-top
   try:
     images = np.load(source)[:_COUNT.value]
     reference, follow = (None, None) if _REFERENCE.value is None else load_record(
@@ -143,14 +144,13 @@ def main(argv):
     codec = model.codec
     images = codec.check_images(images)
     stack = RecordingStack(coder.Stack(coder.seed_words(
-        2 * int(np.prod(images.shape[1:])))), follow)
-    import jax  # pylint: disable=g-import-not-at-top
+        codec_lib.SEED_WORDS_PER_DIM * images[0].size)), follow)
     with jax.default_device(jax.devices('cpu')[0]):
       for i in range(len(images)):
         codec.encode_batch(stack, images[i:i + 1])
-    stack.save(target)
+    np.savez(target, **stack.record())
     if reference is not None:
-      print(json.dumps(compare(load_record(target)[0], reference)), flush=True)
+      print(json.dumps(compare(stack.record(), reference)), flush=True)
   except (OSError, ValueError) as e:
     cli.fail(f'{e}'.splitlines()[0])
 
