@@ -201,7 +201,8 @@ class ImageCodec:
     return self.model.apply({'params': self.params}, *args, method=method)
 
   def _dequant_flow(self, stack, value, x, inverse):
-    context = self._context(self.params, jnp.asarray(x, flow_coding.VALUE_DTYPE))
+    rows = flow_coding.padded(np.asarray(x, np.float64), self._programs.rows)
+    context = jnp.asarray(flow_coding.first_rows(self._context(self.params, rows), len(x)))
     flow = lambda m, v, c: m.dequantizer.flow(v, c, inverse=inverse)[0]
     with flow_coding.coding(stack, self.sigma, DELTA, self._programs, self.ledger):
       return flow_coding.to_grid(self._run(flow, flow_coding.from_grid(value, DELTA), context),
@@ -237,15 +238,16 @@ class ImageCodec:
     """The model's -log2 p(x + u) + log2 q(u | x) [B] in bits, without coding, at the noise
     that ``encode_batch`` returned for images x uint8 [B, H, W, C]: what coding them should
     cost."""
+    rows = lambda a: flow_coding.padded(a, self._programs.rows)
     with jax.default_device(self._cpu), jax.enable_x64(True):
-      xf = jnp.asarray(x, flow_coding.VALUE_DTYPE)
-      log_px = np.asarray(self._log_px(self.params, xf + flow_coding.from_grid(u, DELTA)),
-                          np.float64)
+      xf = np.asarray(x, np.float64)
+      log_px = np.asarray(self._log_px(self.params, rows(xf + np.asarray(
+          flow_coding.from_grid(u, DELTA)))), np.float64)
       log_qu = 0.0
       if self.variational:
-        log_qu = np.asarray(self._log_qu(self.params, xf, flow_coding.from_grid(eps, DELTA)),
-                            np.float64)
-    return (log_qu - log_px) / np.log(2)
+        log_qu = np.asarray(self._log_qu(self.params, rows(xf), rows(np.asarray(
+            flow_coding.from_grid(eps, DELTA)))), np.float64)
+    return (log_qu - log_px)[:len(x)] / np.log(2)
 
   def decode_batch(self, stack: Stack, count: int) -> np.ndarray:
     """Undoes ``encode_batch`` of ``count`` images: -> uint8 [count, H, W, C]."""
@@ -290,6 +292,7 @@ class ImageCodec:
     count = len(images)
     seed = seed_words(_seed_size(count, batch_size, self.image_shape))
     stack = Stack(seed)
+    self._programs.rows = min(batch_size, count)
     growth = []
     with jax.default_device(self._cpu):
       for start, stop in batches(count, batch_size):
@@ -340,6 +343,7 @@ class ImageCodec:
     header, payload = self._open(data)
     seed = seed_words(_seed_size(header.count, header.batch_size, self.image_shape))
     stack = Stack(np.concatenate([seed[:header.seed_prefix], payload]), decoder=True)
+    self._programs.rows = min(header.batch_size, header.count)
     out = np.empty((header.count, *self.image_shape), np.uint8)
     done = 0
     with jax.default_device(self._cpu):

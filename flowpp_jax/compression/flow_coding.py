@@ -103,15 +103,23 @@ def _sigmoid_input_std(sigma, delta):
 
 
 class Programs:
-  """The jitted programs of each layer's coding, compiled once per layer and input shape and
-  kept across ``coding`` blocks (encoder and decoder each run the same programs)."""
+  """The jitted programs of the layers' coding, kept across ``coding`` blocks (encoder and
+  decoder each run the same programs). Layers of one configuration share their programs: the
+  weights are arguments, so each distinct layer is traced and compiled once per input shape,
+  however often the flow repeats it."""
 
-  def __init__(self):
+  def __init__(self, rows: Optional[int] = None):
     self._programs = {}
+    self.rows = rows  # the batch size: smaller batches are padded to it (``padded``)
+
+  @staticmethod
+  def _key(module, *rest):
+    # A module's repr lists its attributes (its submodules' included), not its name or place.
+    return (type(module).__name__, repr(module.clone(parent=None)), *rest)
 
   def get(self, module, tuple_input: bool, delta: float):
     """(prepare, forward, inverse) of ``module``'s coded parts; see _build."""
-    key = (module.scope.path, type(module).__name__, tuple_input, delta)
+    key = self._key(module, tuple_input, delta)
     if key not in self._programs:
       self._programs[key] = _build(module.clone(parent=None), tuple_input, delta)
     return self._programs[key]
@@ -119,12 +127,29 @@ class Programs:
   def log_det(self, module, tuple_input: bool):
     """The layer's own jitted log |det J| [B] at its input, as the model computes it (for the
     ledger)."""
-    key = (module.scope.path, type(module).__name__, tuple_input, 'log_det')
+    key = self._key(module, tuple_input, 'log_det')
     if key not in self._programs:
       free = module.clone(parent=None)
       self._programs[key] = jax.jit(
           lambda variables, x, context: free.apply(variables, x, context)[1])
     return self._programs[key]
+
+
+def padded(tree, rows: Optional[int]):
+  """The arrays of ``tree`` with their first axis [n, ...] grown to [rows, ...] by repeating
+  their last row (valid values for any layer), on the host: a batch smaller than ``rows``
+  runs the programs compiled for ``rows`` instead of compiling its own."""
+  def pad(a):
+    a = np.asarray(a)
+    if rows is None or a.shape[0] >= rows:
+      return a
+    return np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], axis=0)])
+  return jax.tree_util.tree_map(pad, tree)
+
+
+def first_rows(tree, n: int):
+  """The first ``n`` rows of the arrays of ``tree`` (undoes ``padded``), on the host."""
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[:n], tree)
 
 
 def _split(coupling, x) -> Tuple[tuple, tuple]:
@@ -218,14 +243,16 @@ def _code(module, programs: Programs, stack: Stack, value, layer_context, sigma,
     if isinstance(module, bij.Sigmoid):
       input_std = _sigmoid_input_std(sigma, delta)
     prepare, forward, backward = programs.get(module, tuple_input, delta)
+    pad = lambda tree: padded(tree, programs.rows)
+    count = known[0].shape[0]
     prepare_start = time.perf_counter()
-    prepared = prepare(module.variables, kept, layer_context)
+    prepared = prepare(module.variables, pad(kept), pad(layer_context))
     if ledger is not None:
       jax.block_until_ready(prepared)  # dispatch is asynchronous: time the conditioner itself
       prepare_seconds = time.perf_counter() - prepare_start
-    other = _elementwise(stack, known, lambda c: forward(prepared, c),
-                         lambda c: backward(prepared, c), sigma, delta, input_std,
-                         encode=not inverse)
+    other = _elementwise(stack, known, lambda c: first_rows(forward(prepared, pad(c)), count),
+                         lambda c: first_rows(backward(prepared, pad(c)), count), sigma, delta,
+                         input_std, encode=not inverse)
   result = _join(coupling, tuple_input, kept, tuple(from_grid(k, delta) for k in other))
   if ledger is not None:
     seconds = time.perf_counter() - start
@@ -250,8 +277,7 @@ def _elementwise(stack, k_parts, with_slopes, inverse_of, sigma, delta, input_st
   shapes = [k.shape for k in k_parts]
   sizes = np.cumsum([0] + [k.size for k in k_parts])
   flat = lambda parts: np.concatenate([np.asarray(p, np.float64).ravel() for p in parts])
-  unflat = lambda v: tuple(jnp.asarray(v[a:b].reshape(s), VALUE_DTYPE)
-                           for a, b, s in zip(sizes[:-1], sizes[1:], shapes))
+  unflat = lambda v: tuple(v[a:b].reshape(s) for a, b, s in zip(sizes[:-1], sizes[1:], shapes))
 
   def forward(v):
     outs, slopes = with_slopes(unflat(v))
