@@ -30,12 +30,12 @@ class TrainedModel:
       step = checkpoints.latest_step() if step is None else step
       if step is None:
         raise ValueError(f'no checkpoint in {checkpoints.directory}')
-      state = checkpoints.restore(step, experiment.abstract_state(self.config),
-                                  self.config.model)
+      # Read as recorded: tracing the model for its shapes would take longer than reading.
+      state = checkpoints.restore_state_dict(step, self.config.model)
     finally:
       checkpoints.close()
-    self.step = int(state.step)
-    self.params = jax.device_put(state.ema_params)
+    self.step = int(state['step'])
+    self.params = jax.device_put(state['ema_params'])
     self._log_probs = {}  # num_samples -> log_prob's program
     self._encode = jax.jit(lambda params, x, key: self.model.apply(
         {'params': params}, x, key, method=self.model.encode))

@@ -47,8 +47,10 @@ class Checkpoints:
       options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=True,
                                              cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'meta'))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=('state', 'meta'),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),  # their metadata is read
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def latest_step(self):
     """The newest complete checkpoint's step, or None."""
@@ -108,23 +110,36 @@ class Checkpoints:
       return self._manager.restore(
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
+  def _check_model(self, step: int, model_cfg) -> None:
+    if self.read_meta(step).get('model') != model_signature(model_cfg):
+      raise CheckpointError(
+          f'{self.directory / str(step)} holds a model of another architecture than the '
+          f'config; use a new --workdir, or the config the run was started with '
+          f'({self.directory.parent / "config.json"})')
+
+  def _restore_into(self, step: int, target) -> dict:
+    target = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), target)
+    with self._reading(step):
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
+
+  def restore_state_dict(self, step: int, model_cfg) -> dict:
+    """The TrainState at ``step`` as a state dict of host numpy arrays, shaped as the
+    checkpoint records them: no model is traced to restore it (the recorded config must be
+    ``model_cfg``). Raises CheckpointError as ``restore`` does."""
+    self._check_model(step, model_cfg)
+    with self._reading(step):
+      recorded = self._manager.item_metadata(step)['state']
+    return self._restore_into(step, recorded)
+
   def restore(self, step: int, abstract_state, model_cfg):
     """The TrainState at ``step``, as host numpy arrays shaped like ``abstract_state``.
 
     Raises CheckpointError if the checkpoint holds another architecture or cannot be read.
     """
-    meta = self.read_meta(step)
-    if meta.get('model') != model_signature(model_cfg):
-      raise CheckpointError(
-          f'{self.directory / str(step)} holds a model of another architecture than the '
-          f'config; use a new --workdir, or the config the run was started with '
-          f'({self.directory.parent / "config.json"})')
+    self._check_model(step, model_cfg)
     target = flax.serialization.to_state_dict(abstract_state)
-    target = jax.tree_util.tree_map(
-        lambda x: np.zeros(x.shape, x.dtype), target)
-    with self._reading(step):
-      tree = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))['state']
+    tree = self._restore_into(step, target)
     restored_shapes = jax.tree_util.tree_map(np.shape, tree)
     if restored_shapes != jax.tree_util.tree_map(np.shape, target):
       raise self._unreadable(step, 'its arrays do not have the shapes of the model')
