@@ -190,4 +190,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, required=None)
+  cli.run(main, required=None, compiles=False)

@@ -87,4 +87,4 @@ def _prepare_tfds(name: str) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main, required=None)
+  cli.run(main, required=None, compiles=False)

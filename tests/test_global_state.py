@@ -1,6 +1,6 @@
 """A good guest: importing every module of flowpp_jax and using it as a library (a run's
 checkpoint written, flowpp_jax.load, log_prob, sample, compress and decompress) leaves the
-process as it found it: hooks, the asyncio, absl and root loggers, absl's verbosity, logging's
+process as it found it: hooks (warnings.showwarning too), the asyncio, absl and root loggers, absl's verbosity, logging's
 global switch, the signal handlers, os.environ and jax's configuration. Run in a fresh
 interpreter, after the third-party libraries are imported (what they change is theirs)."""
 import subprocess
@@ -9,7 +9,7 @@ import sys
 from conftest import ROOT
 
 SCRIPT = '''
-import logging, os, pkgutil, signal, sys, importlib, tempfile
+import logging, os, pkgutil, signal, sys, importlib, tempfile, warnings
 import numpy as np
 import jax, flax, optax, orbax.checkpoint, chex, ml_collections, tensorflow_datasets, PIL
 import sklearn.datasets, constriction, etils.epath
@@ -23,6 +23,7 @@ def snapshot():
                                ('asyncio', logging.getLogger('asyncio')),
                                ('absl', logging.getLogger('absl')))}
   return {'unraisablehook': sys.unraisablehook, 'excepthook': sys.excepthook,
+          'showwarning': warnings.showwarning,
           'loggers': loggers, 'logging.disable': logging.root.manager.disable,
           'absl verbosity': absl_logging.get_verbosity(),
           'absl handler filters': list(absl_logging.get_absl_handler().filters),

@@ -1,14 +1,15 @@
 """What every command line shares: the --config flag and its loading, one-line errors, flag
-parsing that reports bad flags that way, progress lines, and a console free of the libraries'
-own reports (console.py). Only the commands (flowpp_jax/*.py, flowpp_jax/tools/*.py) use it;
-none of them imports another."""
+parsing that reports bad flags that way, progress lines, a console free of the libraries'
+own reports (console.py) and the compilation cache (compile_cache.py). Only the commands
+(flowpp_jax/*.py, flowpp_jax/tools/*.py) use it; none of them imports another."""
+import os
 import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from flowpp_jax.runtime import console
+from flowpp_jax.runtime import compile_cache, console
 
 _START = time.perf_counter()
 
@@ -62,14 +63,22 @@ def parse_flags(argv):
     fail(f'bad command line: {e}'.replace('\n', ' '))
 
 
-def run(main, required: str | None) -> None:
+def run(main, required: str | None, compiles: bool = True) -> None:
   """Runs ``main(argv)`` as a command whose flag ``required`` (if any) must be given: the
-  command's entry point, which alone changes the process's logging and hooks (console.py)."""
+  command's entry point, which alone changes the process's logging and hooks (console.py)
+  and, for a command that ``compiles``, turns on the compilation cache (compile_cache.py)."""
   if required:
     flags.mark_flag_as_required(required)
+  if compiles:
+    flags.DEFINE_string(
+        'compilation_cache', None, 'The folder that keeps compiled programs for the next '
+        f'run (default: ${compile_cache.ENV}, else $XDG_CACHE_HOME/flowpp_jax/xla or '
+        f'~/.cache/flowpp_jax/xla); "{compile_cache.OFF}" turns it off.')
 
   def command(argv):
     console.quiet_libraries(verbose=flags.FLAGS['verbosity'].present)
+    if compiles:
+      _start_compilation_cache(flags.FLAGS.compilation_cache)
     return main(argv)
   try:
     app.run(command, flags_parser=parse_flags)
@@ -77,6 +86,24 @@ def run(main, required: str | None) -> None:
     if e.code:  # an error line was printed: nothing may follow it
       console.silence_after_error()
     raise
+
+
+def _start_compilation_cache(flag: str | None) -> None:
+  """The compilation cache of ``--compilation_cache=flag``, or the user's own
+  JAX_COMPILATION_CACHE_DIR; a failure is one warning line (compile_cache.py)."""
+  warn = lambda line: print(line, file=sys.stderr, flush=True)
+  folder = os.environ.get(compile_cache.JAX_ENV)
+  if not folder:
+    root = compile_cache.chosen_root(flag)
+    if root is None:
+      return
+    try:
+      folder = compile_cache.enable(root)
+    except OSError as e:
+      warn(f'warning: no compilation cache: {root} cannot hold one ({e.strerror or e}); '
+           'every program is compiled afresh')
+      return
+  compile_cache.report_failures(folder, warn)
 
 
 def refuse_arguments(argv) -> None:
