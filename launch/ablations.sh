@@ -21,8 +21,8 @@ digits_uniform_dequant, each with seeds 0..SEEDS-1, in OUT/DATA/VARIANT_sSEED, o
 Each run evaluates the test ELBO every 100 steps, and at the end the importance-weighted bound
 with K = IW-SAMPLES (WORKDIR/eval.json); its wall time goes to WORKDIR/wall_s. A run whose
 eval.json already holds the last step is skipped, so running the script again resumes.
-Runs reuse what compiled programs jax's persistent compilation cache can hold, in
-OUT/jax_cache unless JAX_COMPILATION_CACHE_DIR names another folder. Then, per data set,
+Runs reuse the programs that earlier runs compiled, from the commands' compilation cache
+(docs/performance.md, "Start-up"). Then, per data set,
 python -m flowpp_jax.plot_runs draws OUT/DATA/curves.png and prints the table
 (OUT/DATA/table.md). TRAINER FLAGS go to every run, e.g. --config.eval.batch_size=60.
 PYTHON names the interpreter (default: python).
@@ -69,9 +69,6 @@ main() {
   if [[ ${OPT[data]} == *png256* && ! -f $out/digits_png/1796.png ]]; then
     write_pngs "$out/digits_png"
   fi
-  # The runs of one config compile many of the same programs.
-  export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$out/jax_cache}
-  export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}
   # Seeds outermost: an interrupted sweep leaves whole seeds of every variant.
   for ((seed = 0; seed < seeds; seed++)); do
     for data in "${data_sets[@]}"; do
