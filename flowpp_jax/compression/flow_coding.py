@@ -140,9 +140,9 @@ def padded(tree, rows: Optional[int]):
   their last row (valid values for any layer), on the host: a batch smaller than ``rows``
   runs the programs compiled for ``rows`` instead of compiling its own."""
   def pad(a):
-    a = np.asarray(a)
     if rows is None or a.shape[0] >= rows:
-      return a
+      return a  # as it is: a full batch's arrays stay on the device
+    a = np.asarray(a)
     return np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], axis=0)])
   return jax.tree_util.tree_map(pad, tree)
 
