@@ -17,10 +17,14 @@ functions here; each keeps the math and changes only how XLA is asked for it:
   statistics in the backward pass. Its ``one_block`` argument (the model's
   ``one_block_attention`` field) asks for one block of XLA operations instead, for XLA's cost
   analysis.
-Every choice is made from the arguments and the backend alone, never from state set around a
-trace, so that a jitted function's cached program is the one its arguments ask for.
+Every choice is made from the arguments and the backend alone, so that a jitted function's
+cached program is the one its arguments ask for. The one exception is ``lowering_for``, for a
+process that compiles for another platform than its own (the TPU pre-flight of
+``bench --target``) and traces nothing for its own.
 The measurements behind each: docs/performance.md.
 """
+import contextlib
+import contextvars
 import math
 import os
 from typing import Optional
@@ -44,9 +48,30 @@ _FUSED_IMPLEMENTATION = 'cudnn'  # jax.nn.dot_product_attention's; the tests run
 _CUDNN_CALL = '__cudnn$fmha'  # the custom calls of cuDNN's fused attention in XLA's programs
 
 
+_TARGET = contextvars.ContextVar('flowpp_jax_target_platform', default=None)
+
+
+@contextlib.contextmanager
+def lowering_for(platform: str):
+  """Inside, the choices below are those of ``platform`` ('tpu', 'gpu', 'cpu') instead of
+  JAX's default backend: for tracing programs compiled for devices of another platform
+  (``jax.experimental.topologies``). jax caches traces by function and arguments, not by
+  this setting, so a process that uses it should trace nothing for its own platform."""
+  token = _TARGET.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET.reset(token)
+
+
+def platform() -> str:
+  """The platform programs are traced for: ``lowering_for``'s, else JAX's default backend."""
+  return _TARGET.get() or jax.default_backend()
+
+
 def on_cpu() -> bool:
-  """Whether JAX's default backend is the CPU: the one switch of this module."""
-  return jax.default_backend() == 'cpu'
+  """Whether programs are traced for the CPU: the one switch of this module."""
+  return platform() == 'cpu'
 
 
 # -- Convolution ----------------------------------------------------------------------------
@@ -178,7 +203,7 @@ def cudnn_applies(dtype, head_dim: int, backend: Optional[str] = None) -> bool:
   kernel) and a head dimension it takes (a multiple of 8, at most 128), unless the
   environment sets FLOWPP_CUDNN_ATTENTION=0. Where cuDNN then refuses (no cuDNN, as on ROCm;
   one too old), ``attention`` logs why and runs its own kernel."""
-  backend = backend or jax.default_backend()
+  backend = backend or platform()
   return (backend == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
           and head_dim % 8 == 0 and head_dim <= 128 and os.environ.get(CUDNN_ENV) != '0')
 

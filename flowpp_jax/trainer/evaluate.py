@@ -13,12 +13,19 @@ from flowpp_jax.runtime import fileio, parallel
 from flowpp_jax.trainer import steps
 
 
+def eval_program(exp, num_samples: int, devices=None):
+  """steps.eval_sums pmapped over ``devices`` (default: the local devices): (params, images
+  [D, b, H, W, C] uint8, indices [D, b] int32, mask [D, b] bool) -> replicated sums."""
+  return jax.pmap(functools.partial(steps.eval_sums, model=exp.model, num_samples=num_samples,
+                                    seed=exp.config.seed),
+                  axis_name=steps.AXIS, devices=devices)
+
+
 def make_evaluator(exp, num_samples: int):
   """(replicated params, num_examples) -> {'bpd', 'bpd_iw', 'num_examples'} over the first
-  num_examples test images (0: all; training images where the data has no test split). Deterministic for given params and seed."""
-  p_eval = jax.pmap(functools.partial(steps.eval_sums, model=exp.model,
-                                      num_samples=num_samples, seed=exp.config.seed),
-                    axis_name=steps.AXIS)
+  num_examples test images (0: all; training images where the data has no test split).
+  Deterministic for given params and seed."""
+  p_eval = eval_program(exp, num_samples)
   source = exp.source('test')
 
   def evaluate(p_params, num_examples: int) -> dict:

@@ -8,6 +8,16 @@ from flowpp_jax.runtime import fileio, parallel
 from flowpp_jax.trainer import steps
 
 
+def latents_fn(model, n: int):
+  """(key, temperature) -> the n latents of a sample, at the temperature."""
+  return lambda key, temperature: model.apply({}, key, n, temperature, method=model.latents)
+
+
+def decode_fn(model):
+  """(params, latents) -> uint8 images: the flow run backwards."""
+  return lambda params, z: model.apply({'params': params}, z, method=model.decode)
+
+
 def make_sampler(model, n: int):
   """(p_params, seed, temperature, step) -> n uint8 images [n, H, W, C], compiled once.
 
@@ -17,11 +27,8 @@ def make_sampler(model, n: int):
   (``parallel.over_examples``): the same (seed, step) gives the same images on any number
   of devices.
   """
-  draw_latents = jax.jit(lambda key, temperature: model.apply(
-      {}, key, n, temperature, method=model.latents))
-
-  decode = parallel.over_examples(
-      lambda params, z: model.apply({'params': params}, z, method=model.decode))
+  draw_latents = jax.jit(latents_fn(model, n))
+  decode = parallel.over_examples(decode_fn(model))
 
   def draw(p_params, seed: int, temperature: float, step: int = 0):
     key = jax.random.fold_in(
