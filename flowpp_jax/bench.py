@@ -41,7 +41,7 @@ import numpy as np
 
 from flowpp_jax import model as model_lib
 from flowpp_jax.nn import backend
-from flowpp_jax.runtime import accelerators, cli, cpu_devices, parallel
+from flowpp_jax.runtime import accelerators, cli, cpu_devices, parallel, tpu_slices
 from flowpp_jax.trainer import evaluate, experiment, interrupt, loop, sampling, steps
 
 if __name__ == '__main__':  # a command's flags exist where it runs: absl's are process-wide
@@ -55,6 +55,13 @@ if __name__ == '__main__':  # a command's flags exist where it runs: absl's are 
                                      'pass it is compared with, and per reconstruction check).')
   _COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Only lower and compile: report '
                                     'compile time, FLOPs and XLA memory analysis.')
+  _TARGET = flags.DEFINE_string(
+      'target', None, 'With --compile_only: compile for this Cloud TPU slice instead of the '
+      "local devices (an accelerator type: v3-8, v4-8, v4-16, v5litepod-8, v6e-8, ...); needs "
+      "libtpu (the [tpu] extra). See docs/tpu_preflight.md.")
+  _MAX_BATCH_COMPILES = flags.DEFINE_integer(
+      'max_batch_compiles', 6, 'With --target: compiles spent looking for the largest '
+      'per-device batch that fits (0: none).')
 
 
 # Seeds of the random stand-in images (the config's seed drives the model's randomness).
@@ -92,6 +99,34 @@ ROWS = (
 )
 
 
+# The pre-flight's rows (--target): compile-only figures for a TPU slice (preflight.py).
+TARGET_ROWS = (
+    ('train_lower_s', 'train step: tracing and lowering', 's', 1),
+    ('train_compile_s', 'train step: XLA compilation (on this CPU)', 's', 1),
+    ('train_memory_bytes', 'train step memory per device (XLA: args+out+temp-alias)', 'GiB',
+     2**-30),
+    ('train_memory_argument_bytes', '  of which arguments', 'GiB', 2**-30),
+    ('train_memory_output_bytes', '  of which outputs', 'GiB', 2**-30),
+    ('train_memory_temp_bytes', '  of which temporaries', 'GiB', 2**-30),
+    ('train_memory_alias_bytes', '  less outputs aliased to (donated) arguments', 'GiB', 2**-30),
+    ('device_memory_bytes', 'HBM per device (published)', 'GiB', 2**-30),
+    ('fits', 'train step fits at the config\'s batch', '', None),
+    ('max_per_device_batch', 'largest per-device batch that fits (compiled)', 'images', 1),
+    ('train_flops_per_image', 'train step: FLOPs per image (XLA cost analysis)', 'GFLOP', 1e-9),
+    ('train_bytes_accessed', 'train step: bytes moved per device (XLA cost analysis)', 'GB',
+     1e-9),
+    ('train_step_compute_bound_s', 'LOWER BOUND, not a prediction: FLOPs / peak FLOP/s', 'ms',
+     1e3),
+    ('train_step_memory_bound_s', 'LOWER BOUND, not a prediction: bytes / HBM bandwidth',
+     'ms', 1e3),
+    ('train_step_lower_bound_s', 'LOWER BOUND on the step time (the larger)', 'ms', 1e3),
+    ('eval_compile_s', 'periodic evaluator: XLA compilation', 's', 1),
+    ('eval_memory_bytes', 'periodic evaluator memory per device', 'GiB', 2**-30),
+    ('sample_compile_s', 'sampler (decoding): XLA compilation', 's', 1),
+    ('sample_memory_bytes', 'sampler memory per device', 'GiB', 2**-30),
+)
+
+
 def random_images(n: int, model_cfg, seed: int) -> np.ndarray:
   """uint8 [n, H, W, C], uniform over the config's num_levels."""
   return np.random.default_rng(seed).integers(
@@ -103,10 +138,10 @@ class SyntheticExperiment(experiment.Experiment):
   a temporary directory, removed by close(). The train split holds the init batch; the test
   split ``num_test`` images for the evaluator."""
 
-  def __init__(self, config, num_test: int):
+  def __init__(self, config, num_test: int, device_count=None):
     self._tmp = tempfile.TemporaryDirectory(prefix='flowpp_bench_')
     try:
-      super().__init__(config, self._tmp.name)
+      super().__init__(config, self._tmp.name, device_count=device_count)
     except BaseException:
       self._tmp.cleanup()
       raise
@@ -129,9 +164,10 @@ def make_forward(model):
                   axis_name=parallel.AXIS)
 
 
-def per_device(tree):
-  """ShapeDtypeStructs of ``tree`` with a leading local-device axis, as pmap takes them."""
-  count = jax.local_device_count()
+def per_device(tree, count=None):
+  """ShapeDtypeStructs of ``tree`` with a leading axis of ``count`` devices (default: the
+  local ones), as pmap takes them."""
+  count = count or jax.local_device_count()
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct((count, *np.shape(x)), x.dtype), tree)
 
@@ -171,14 +207,15 @@ def plain_config(config):
   return plain
 
 
-def compiled_memory(compiled) -> dict:
+def compiled_memory(compiled, prefix: str = 'train_') -> dict:
   """Bytes one device needs to run ``compiled`` (XLA's memory analysis): arguments + outputs +
-  temporaries - outputs that reuse donated argument buffers."""
+  temporaries - outputs that reuse donated argument buffers; as {prefix}memory_bytes and
+  its parts, {prefix}memory_argument_bytes and so on."""
   stats = compiled.memory_analysis()
   parts = {'argument': stats.argument_size_in_bytes, 'output': stats.output_size_in_bytes,
            'temp': stats.temp_size_in_bytes, 'alias': stats.alias_size_in_bytes}
-  figures = {f'train_memory_{name}_bytes': int(value) for name, value in parts.items()}
-  figures['train_memory_bytes'] = int(
+  figures = {f'{prefix}memory_{name}_bytes': int(value) for name, value in parts.items()}
+  figures[f'{prefix}memory_bytes'] = int(
       parts['argument'] + parts['output'] + parts['temp'] - parts['alias'])
   return figures
 
@@ -252,11 +289,13 @@ def forward_keys(seed: int, n: int):
   return steps.example_keys(seed, steps.EVAL_TAG, jnp.arange(n))
 
 
-def train_args(exp, abstract_state):
-  """Abstract (state, images, positions) of the pmapped train step, from shapes alone."""
-  devices, config = jax.local_device_count(), exp.config
-  per = config.batch_size // devices
-  return (per_device(abstract_state),
+def train_args(exp, abstract_state, count=None, per=None):
+  """Abstract (state, images, positions) of the pmapped train step, from shapes alone: over
+  ``count`` devices (default: the local ones), ``per`` images each (default: the config's
+  batch split over them)."""
+  devices, config = count or jax.local_device_count(), exp.config
+  per = per or config.batch_size // devices
+  return (per_device(abstract_state, devices),
           jax.ShapeDtypeStruct((devices, per, *config.model.image_shape), jnp.uint8),
           jax.ShapeDtypeStruct((devices, per), jnp.int32))
 
@@ -351,19 +390,21 @@ def utilisation_figures(figures: dict, device_kind: str, compute_dtype: str) -> 
   return out
 
 
-def context(config, argv) -> dict:
-  """What the figures were measured on and with."""
+def context(config, argv, target=None) -> dict:
+  """What the figures were measured on and with; ``target``: preflight.context's figures of
+  the TPU slice compiled for, instead of the local devices."""
   devices = jax.devices()
+  where = target or {'device_kind': devices[0].device_kind, 'device_count': len(devices),
+                     'platform': devices[0].platform}
   return {
-      **cli.config_arguments(argv),
-      'device_kind': devices[0].device_kind, 'device_count': len(devices),
-      'platform': devices[0].platform, 'jax_version': jax.__version__,
-      'batch_size': config.batch_size, 'per_device_batch': config.batch_size // len(devices),
+      **cli.config_arguments(argv), **where, 'jax_version': jax.__version__,
+      'batch_size': config.batch_size,
+      'per_device_batch': config.batch_size // where['device_count'],
       'eval_batch_size': config.eval.batch_size, 'sample_num': _SAMPLE_NUM.value,
       'steps': _STEPS.value, 'compute_dtype': config.model.compute_dtype,
       'compile_only': _COMPILE_ONLY.value,
       # Which published peak MFU divides by (None: the device is not in the table).
-      'peak_basis': accelerators.basis(devices[0].device_kind, config.model.compute_dtype),
+      'peak_basis': accelerators.basis(where['device_kind'], config.model.compute_dtype),
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       # glibc.malloc.hugetlb=1 unless opted out: see host_memory.
       'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
@@ -371,10 +412,22 @@ def context(config, argv) -> dict:
   }
 
 
-def format_table(info: dict, figures: dict) -> str:
+def _shown(value, scale) -> str:
+  if value is None:
+    return 'n/a'
+  if isinstance(value, bool) or scale is None:
+    return 'yes' if value else 'NO'
+  return f'{value * scale:.4g}'
+
+
+def format_table(info: dict, figures: dict, rows_of=ROWS) -> str:
   """The human-readable table: context, then one row per figure measured."""
+  devices = f'{info["device_count"]} x {info["device_kind"]}'
+  if 'target' in info:
+    devices += (f' ({info["target"]}: {info["chips"]} chips, {info["hosts"]} host(s), '
+                f'topology {info["topology"]}, compile-only, libtpu {info["libtpu_version"]})')
   rows = [('config', ' '.join([info['config'], *info['config_overrides']]), ''),
-          ('devices', f'{info["device_count"]} x {info["device_kind"]}', ''),
+          ('devices', devices, ''),
           ('jax', info['jax_version'], ''),
           ('global batch (per device)', f'{info["batch_size"]} ({info["per_device_batch"]})',
            'images'),
@@ -382,16 +435,59 @@ def format_table(info: dict, figures: dict) -> str:
           ('attention kernel', info['attention_kernel'], ''),
           ('peak FLOP/s taken as', info['peak_basis'] or 'n/a (device not in accelerators.py)',
            '')]
-  for key, what, unit, scale in ROWS:
+  for key, what, unit, scale in rows_of:
     if key in figures:
-      value = figures[key]
       rows.append((what.replace('sample_num', str(info['sample_num'])),
-                   'n/a' if value is None else f'{value * scale:.4g}', unit))
+                   _shown(figures[key], scale), unit))
   width = max(len(what) for what, _, _ in rows)
   # Numbers line up on the right; a longer context value (the config) just runs on.
   value_width = max(len(value) for _, value, unit in rows if unit)
   return '\n'.join(f'{what:<{width}}  {value:>{value_width}}  {unit}'.rstrip()
                    for what, value, unit in rows)
+
+
+def main_target(config, target: str) -> None:
+  """--target: the pre-flight for a Cloud TPU slice (preflight.py): compiles, prints the
+  table and the JSON line."""
+  from flowpp_jax import preflight  # pylint: disable=g-import-not-at-top
+  if not _COMPILE_ONLY.value:
+    cli.fail('--target compiles for a TPU slice without one and runs nothing: add '
+             '--compile_only')
+  if _MAX_BATCH_COMPILES.value < 0:
+    cli.fail(f'--max_batch_compiles must be >= 0, got {_MAX_BATCH_COMPILES.value}')
+  try:
+    tpu = tpu_slices.parse(target)
+    preflight.check_batches(config, tpu)
+  except ValueError as e:
+    cli.fail(str(e))
+  if not tpu_slices.libtpu_installed():
+    cli.fail(f'--target compiles with libtpu, which is not installed: {tpu_slices.INSTALL_HINT}')
+  tpu_slices.quiet_libtpu_environment(tpu)
+  if not os.environ.get('JAX_PLATFORMS'):
+    jax.config.update('jax_platforms', 'cpu')  # nothing runs: no TPU runtime to look for
+  try:
+    exp = SyntheticExperiment(config, num_test=0, device_count=tpu.devices)
+  except ValueError as e:
+    cli.fail(f'{e}'.splitlines()[0])
+  try:
+    devices = tpu_slices.compile_devices(tpu)
+    info = context(config, sys.argv, preflight.context(tpu))
+    info['sample_num'] = config.sample.num  # the sampler's, as the trainer runs it
+    info['attention_kernel'] = 'flowpp_jax (TPU choices of nn/backend.py)'
+    figures = preflight.run(exp, tpu, devices, sample_num=config.sample.num,
+                            max_batch_compiles=_MAX_BATCH_COMPILES.value, say=cli.say,
+                            helpers=sys.modules[__name__])
+  finally:
+    exp.close()
+  print(format_table(info, figures, TARGET_ROWS))
+  if not figures['fits']:
+    largest = figures.get('max_per_device_batch')
+    batch = ('no batch fits' if largest == 0 else
+             f'{largest} images per device fit: --config.batch_size={largest * tpu.devices}'
+             if largest else 'find the largest batch that fits with --max_batch_compiles=6')
+    print(f'does not fit: {figures["out_of_memory_message"]}; {batch}; or recompute '
+          'activations in the backward pass with --config.model.remat=True', file=sys.stderr)
+  print(json.dumps({**info, **figures}), flush=True)
 
 
 def main(argv):
@@ -400,6 +496,9 @@ def main(argv):
   if _STEPS.value < 1 or _SAMPLE_NUM.value < 1:
     cli.fail(f'--steps and --sample_num must be >= 1, got {_STEPS.value} and {_SAMPLE_NUM.value}')
   config = cli.load_config(_CONFIG)
+  if _TARGET.value is not None:
+    main_target(config, _TARGET.value)
+    return
   try:
     cpu_devices.use_all_cores((config.batch_size, config.eval.batch_size))
   except ValueError as e:

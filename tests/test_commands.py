@@ -12,7 +12,7 @@ from conftest import ROOT
 # Each command and the flags its --help must list.
 COMMANDS = {
     'main': ('config', 'workdir', 'mode', 'distributed', 'coordinator_address'),
-    'bench': ('config', 'steps', 'sample_num', 'compile_only'),
+    'bench': ('config', 'steps', 'sample_num', 'compile_only', 'target', 'max_batch_compiles'),
     'compress': ('workdir', 'step', 'batch_size'),
     'import_weights': ('config', 'weights', 'workdir', 'export', 'export_layout'),
     'prepare': ('config', 'dataset', 'data_dir', 'manual_dir'),

@@ -89,15 +89,15 @@ def _start(exp, say):
   return state
 
 
-def make_train_step(exp):
-  """The train step, pmapped over the local devices: (state, images [D, b, H, W, C] uint8,
-  positions [D, b] int32) -> (state, metrics). The state is donated."""
+def make_train_step(exp, devices=None):
+  """The train step, pmapped over ``devices`` (default: the local devices): (state, images
+  [D, b, H, W, C] uint8, positions [D, b] int32) -> (state, metrics). The state is donated."""
   config = exp.config
   return jax.pmap(
       functools.partial(steps.train_step, model=exp.model, direction=exp.direction,
                         schedule=exp.schedule, ema_decay=config.optimizer.ema_decay,
                         seed=config.seed),
-      axis_name=steps.AXIS, donate_argnums=(0,))
+      axis_name=steps.AXIS, donate_argnums=(0,), devices=devices)
 
 
 def train(exp) -> steps.TrainState:
