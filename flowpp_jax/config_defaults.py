@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.sample_every_steps = 5_000  # 0: never during training
   config.keep_checkpoints = 3
+  # After the first step (the compile), this many steps traced with jax.profiler into
+  # WORKDIR/tensorboard (TensorBoard's Profile tab); 0: none.
+  config.profile_steps = 0
   # Official optimiser: Adam (TensorFlow's epsilon placement), no weight decay, on the gradient
   # of the mean nats per image clipped at global norm grad_clip_norm.
   config.optimizer = ml_collections.ConfigDict(dict(

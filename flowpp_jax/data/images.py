@@ -51,11 +51,16 @@ def save_samples(directory, name: str, samples, num_levels: int, scale: int = 1)
   samples = np.asarray(samples)
   with (directory / f'{name}.npy').open('wb') as f:  # np.save(path) would open() a URI
     np.save(f, samples)
-  grid = make_grid(to_display(samples, num_levels))
-  grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
   path = directory / f'{name}.png'
-  path.write_bytes(encode_png(grid))
+  path.write_bytes(encode_png(sample_grid(samples, num_levels, scale)))
   return path
+
+
+def sample_grid(samples, num_levels: int, scale: int = 1):
+  """uint8 [N, H, W, C] samples -> the uint8 [rows, cols, C] grid that save_samples writes:
+  levels stretched to 0..255, each pixel ``scale`` times enlarged."""
+  grid = make_grid(to_display(np.asarray(samples), num_levels))
+  return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
 
 
 _MODES = {1: 'L', 3: 'RGB'}

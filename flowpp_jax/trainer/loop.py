@@ -16,8 +16,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from flowpp_jax.data import images as images_lib
 from flowpp_jax.data import input_pipeline
-from flowpp_jax.runtime import parallel
+from flowpp_jax.runtime import fileio, parallel
 from flowpp_jax.trainer import evaluate, interrupt, reporting, sampling, steps
 
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
@@ -89,6 +90,34 @@ def _start(exp, say):
   return state
 
 
+class _Profiler:
+  """Traces ``steps`` train steps with jax.profiler into WORKDIR/tensorboard (TensorBoard's
+  Profile tab), from the end of the first step, so that the compile is not in it."""
+
+  def __init__(self, workdir, steps: int, say):
+    self._dir = str(fileio.path(workdir) / 'tensorboard')
+    self._steps, self._say = steps, say
+    self._until = None  # the step that ends the trace, while tracing
+
+  def after_first_step(self, step: int) -> None:
+    if self._steps:
+      jax.profiler.start_trace(self._dir)
+      self._until = step + self._steps
+      self._say(f'profiling steps {step + 1}..{self._until} into {self._dir}')
+
+  def after_step(self, step: int, outputs) -> None:
+    if self._until is not None and step >= self._until:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self) -> None:
+    if self._until is not None:
+      self._until = None
+      jax.profiler.stop_trace()
+      self._say(f'profile written to {self._dir} (tensorboard --logdir {self._dir}, Profile '
+                'tab)')
+
+
 def make_train_step(exp, devices=None):
   """The train step, pmapped over ``devices`` (default: the local devices): (state, images
   [D, b, H, W, C] uint8, positions [D, b] int32) -> (state, metrics). The state is donated."""
@@ -119,6 +148,7 @@ def train(exp) -> steps.TrainState:
                                         jax.process_index(), jax.process_count())
   p_state = parallel.replicate(state)
   preemption = _StopRequest(exp.checkpoints.directory)
+  profiler = _Profiler(exp.workdir, config.profile_steps, reporter.say)
   processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
   reporter.say(f'training steps {start_step}..{config.num_train_steps} on '
                f'{jax.device_count()} {jax.devices()[0].platform} device(s){processes}, '
@@ -136,6 +166,8 @@ def train(exp) -> steps.TrainState:
         jax.block_until_ready(metrics)
         reporter.say(f'first step (compile + run): {time.perf_counter() - first_step_start:.1f} s')
         reporter.start_clock(done)  # throughput and ETA exclude compilation
+        profiler.after_first_step(done)
+      profiler.after_step(done, metrics)
       # Checked one step late so that the host does not wait for the step just dispatched.
       if previous_metrics is not None:
         _check_finite(previous_metrics, config.optimizer.max_nonfinite_in_row, done - 1)
@@ -167,13 +199,14 @@ def train(exp) -> steps.TrainState:
       _check_finite(previous_metrics, config.optimizer.max_nonfinite_in_row,
                     config.num_train_steps)
   finally:
+    profiler.stop()
     preemption.restore()
     exp.checkpoints.wait()
-  reporter.close()
   state = parallel.unreplicate(p_state)
   step = int(state.step)
   evaluate.evaluate_and_report(exp, p_state.ema_params, step)
   _sample(exp, sampler, p_state.ema_params, step, reporter)
+  reporter.close()
   return state
 
 
@@ -202,5 +235,7 @@ def _sample(exp, sampler, p_ema_params, step: int, reporter) -> None:
   samples = sampler(p_ema_params, config.seed, config.sample.temperature, step)
   path = sampling.save(exp.workdir, step, samples, exp.info.num_levels,
                        config.sample.temperature)
+  reporter.image(f'samples/temperature_{config.sample.temperature:g}', step,
+                 images_lib.sample_grid(samples, exp.info.num_levels))
   reporter.say(f'step {step}: {len(samples)} samples at temperature '
                f'{config.sample.temperature:g} -> {path}')

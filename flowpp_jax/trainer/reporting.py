@@ -1,5 +1,6 @@
 """What a run reports: WORKDIR/metrics.jsonl (one JSON object per logged step), TensorBoard
-event files in WORKDIR/tensorboard/, and a console line with progress and ETA.
+event files in WORKDIR/tensorboard/ (the same values, and the sample grids), and a console
+line with progress and ETA.
 
 Only process 0 writes; on other processes every method does nothing. On resume from step S the
 rows after S (written by the interrupted run after its last checkpoint) are dropped, so the
@@ -114,6 +115,12 @@ class Reporter:
       if key != 'step':
         self._tb.add_scalar(key, value, step)
     self._tb.flush()
+
+  def image(self, tag: str, step: int, image) -> None:
+    """A uint8 [H, W, C] image (a sample grid) to TensorBoard's Images tab."""
+    if self.active and self._tb is not None:
+      self._tb.add_image(tag, image, step, dataformats='HWC')
+      self._tb.flush()
 
   def say(self, message: str) -> None:
     if self.active:

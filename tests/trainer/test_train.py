@@ -1,20 +1,24 @@
 """The trainer end to end, as users run it: train, eval, sample and the Python API on digits;
 exact resume after SIGTERM and kill -9; and a real train step through the tfds reader."""
+import io
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 from scipy import special
 
 import flowpp_jax
 from flowpp_jax.data import datasets
+from flowpp_jax.data import images as images_lib
 from flowpp_jax.runtime import cpu_devices
 from flowpp_jax.trainer import experiment, loop, steps
 from conftest import ROOT, assert_one_error_line, load_config, tiny_model_config
@@ -35,11 +39,26 @@ def cli(workdir, *args, env=None):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  """An uninterrupted run of the tiny digits config (24 steps)."""
+  """An uninterrupted run of the tiny digits config (24 steps), steps 2 and 3 profiled (the
+  resumed runs compared with it are not: the profiler changes no number)."""
   workdir = tmp_path_factory.mktemp('trained') / 'run'
-  result = cli(workdir)
+  result = cli(workdir, '--config.profile_steps=2')
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result.stdout
+
+
+def tensorboard_events(logdir):
+  """The Event protos of every TensorBoard event file in ``logdir`` (TFRecord framing: length,
+  its CRC, the record, its CRC)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for path in sorted(logdir.glob('events.out.tfevents.*')):
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+      offset += 12 + length + 4
+  return events
 
 
 def read_rows(workdir):
@@ -82,10 +101,19 @@ def test_train_writes_metrics_eval_and_samples(trained):
   assert f'on {devices} cpu device(s)' in stdout
   samples = np.load(workdir / 'samples' / 'step_00000024_t1.npy')
   assert samples.dtype == np.uint8 and samples.shape == (16, 8, 8, 1) and samples.max() <= 16
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = np.asarray(Image.open(workdir / 'samples' / 'step_00000024_t1.png'))
   assert grid.shape == (4 * 9 * 8 + 8, 4 * 9 * 8 + 8)  # 4x4 tiles of 8x8, x8, 1 pixel gaps
-  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  # TensorBoard: the scalars, the sample grids as images, and the profile of steps 2 and 3.
+  summaries = [(event.step, value) for event in tensorboard_events(workdir / 'tensorboard')
+               for value in event.summary.value]
+  assert {step for step, v in summaries if v.tag == 'train_bpd'} == {4, 8, 12, 16, 20, 24}
+  images = [(step, v.image) for step, v in summaries if v.tag == 'samples/temperature_1']
+  assert [step for step, _ in images] == [12, 24]
+  tb_grid = np.asarray(Image.open(io.BytesIO(images[-1][1].encoded_image_string)))
+  expected = images_lib.sample_grid(samples, 17)  # one channel: TensorBoard shows it as RGB
+  np.testing.assert_array_equal(tb_grid, np.repeat(expected, 3, axis=-1))
+  assert 'profiling steps 2..3' in stdout
+  assert len(list((workdir / 'tensorboard' / 'plugins' / 'profile').glob('*/*.xplane.pb'))) == 1
   assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
                 if p.name.isdigit()) == [12, 18, 24]
   state = final_state(workdir)
