@@ -1,4 +1,5 @@
-"""Published dense peak FLOP/s per chip, for model FLOPs utilisation (MFU).
+"""Published dense peak FLOP/s per device (a chip; a TensorCore on TPU v2 and v3), for model
+FLOPs utilisation (MFU).
 
 Figures are the vendors' datasheet numbers without structured sparsity (NVIDIA lists
 "with sparsity" figures: the dense ones are half). ``float32`` means what XLA runs a float32
@@ -31,7 +32,11 @@ class Chip:
 # (pattern on the lower-cased device_kind, chip). First match wins: the specific GPU variants
 # come before their family.
 _CHIPS = (
-    # TPU device_kind strings: 'TPU v4', 'TPU v5 lite' (v5e), 'TPU v5' / 'TPU v5p', 'TPU v6 lite'.
+    # TPU device_kind strings: 'TPU v2', 'TPU v3', 'TPU v4', 'TPU v5 lite' (v5e), 'TPU v5' /
+    # 'TPU v5p', 'TPU v6 lite'. JAX's devices are chips, except on v2 and v3: TensorCores, two
+    # per chip (45 and 123 TFLOP/s per chip).
+    (r'tpu v2', Chip('TPU v2 TensorCore', 22.5 * TERA, 22.5 * TERA, _TPU_F32)),
+    (r'tpu v3', Chip('TPU v3 TensorCore', 61.5 * TERA, 61.5 * TERA, _TPU_F32)),
     (r'tpu v4', Chip('TPU v4', 275 * TERA, 275 * TERA, _TPU_F32)),
     (r'tpu v5 ?(lite|e)', Chip('TPU v5e', 197 * TERA, 197 * TERA, _TPU_F32)),
     (r'tpu v5p?', Chip('TPU v5p', 459 * TERA, 459 * TERA, _TPU_F32)),

@@ -10,16 +10,19 @@ v6e slices of up to 8 chips.
 
 Per-chip figures are the vendor's datasheet values (cloud.google.com/tpu/docs/<generation>;
 v2 from Jouppi et al., "A Domain Specific Supercomputer for Training Deep Neural Networks",
-CACM 2020): dense bfloat16 peak FLOP/s, HBM capacity and bandwidth.
+CACM 2020): HBM capacity and bandwidth; the peak FLOP/s are runtime/accelerators.py's. HBM comes in binary
+sizes: v5e's and v6e's "16 GB" and "32 GB" are GiB (the TPU compiler leaves programs 15.75
+GiB of a v5e).
 """
 import dataclasses
 import importlib.util
 import os
 import re
 
+from flowpp_jax.runtime import accelerators
+
 GIB = 2**30
 GB = 1e9
-TERA = 1e12
 
 INSTALL_HINT = "pip install 'flowpp-jax[tpu]' (or -e '.[tpu]' in a checkout)"
 
@@ -35,7 +38,6 @@ class Generation:
   dims: int                 # 2D or 3D topology
   hbm_bytes_per_chip: float
   hbm_bytes_per_s_per_chip: float
-  peak_flops_per_chip: float  # dense bfloat16
   single_host_chips: int    # the most chips one host holds
 
   @property
@@ -45,13 +47,12 @@ class Generation:
 
 
 GENERATIONS = {g.name: g for g in (
-    Generation('v2', 'v2', 'TPU v2', True, 2, 2, 16 * GIB, 700 * GB, 45 * TERA, 4),
-    Generation('v3', 'v3', 'TPU v3', True, 2, 2, 32 * GIB, 900 * GB, 123 * TERA, 4),
-    Generation('v4', 'v4', 'TPU v4', True, 1, 3, 32 * GIB, 1200 * GB, 275 * TERA, 4),
-    Generation('v5litepod', 'v5e', 'TPU v5 lite', False, 1, 2, 16 * GB, 819 * GB, 197 * TERA,
-               8),
-    Generation('v5p', 'v5p', 'TPU v5', True, 1, 3, 95 * GB, 2765 * GB, 459 * TERA, 4),
-    Generation('v6e', 'v6e', 'TPU v6 lite', False, 1, 2, 32 * GB, 1640 * GB, 918 * TERA, 8),
+    Generation('v2', 'v2', 'TPU v2', True, 2, 2, 16 * GIB, 700 * GB, 4),
+    Generation('v3', 'v3', 'TPU v3', True, 2, 2, 32 * GIB, 900 * GB, 4),
+    Generation('v4', 'v4', 'TPU v4', True, 1, 3, 32 * GIB, 1200 * GB, 4),
+    Generation('v5litepod', 'v5e', 'TPU v5 lite', False, 1, 2, 16 * GIB, 819 * GB, 8),
+    Generation('v5p', 'v5p', 'TPU v5', True, 1, 3, 95 * GB, 2765 * GB, 4),
+    Generation('v6e', 'v6e', 'TPU v6 lite', False, 1, 2, 32 * GIB, 1640 * GB, 8),
 )}
 _MAX_CHIPS = 8192
 
@@ -94,7 +95,9 @@ class Slice:
 
   @property
   def peak_flops_per_device(self) -> float:
-    return self.generation.peak_flops_per_chip / self.generation.devices_per_chip
+    """Dense bfloat16 peak of a device (runtime/accelerators.py's figure), at which a TPU
+    also runs float32 products at JAX's default precision."""
+    return accelerators.peak_flops(self.generation.device_kind, 'bfloat16')
 
   @property
   def hbm_bytes_per_s_per_device(self) -> float:

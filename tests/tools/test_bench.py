@@ -97,6 +97,7 @@ def test_bad_input_is_one_error_line(flag, env_add):
 
 
 @pytest.mark.parametrize('kind, dtype, tflops', [
+    ('TPU v2', 'float32', 22.5), ('TPU v3', 'bfloat16', 61.5),
     ('TPU v4', 'bfloat16', 275), ('TPU v5 lite', 'bfloat16', 197), ('TPU v5e', 'float32', 197),
     ('TPU v5', 'bfloat16', 459), ('TPU v5p', 'bfloat16', 459), ('TPU v6 lite', 'bfloat16', 918),
     ('NVIDIA A100-SXM4-80GB', 'bfloat16', 312), ('NVIDIA A100-PCIE-40GB', 'float32', 156),

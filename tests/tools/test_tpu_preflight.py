@@ -149,7 +149,7 @@ def test_the_tiny_config_compiles_for_a_tpu_slice_and_fits():
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   assert (figures['target'], figures['chips'], figures['hosts']) == ('v5litepod-4', 4, 1)
   assert figures['fits'] and figures['eval_fits'] and figures['sample_fits']
-  assert 0 < figures['train_memory_bytes'] < figures['device_memory_bytes'] == 16e9
+  assert 0 < figures['train_memory_bytes'] < figures['device_memory_bytes'] == 16 * 2**30
   assert figures['train_flops_per_image'] > 0 and figures['train_bytes_accessed'] > 0
   assert figures['train_step_lower_bound_s'] == max(figures['train_step_compute_bound_s'],
                                                     figures['train_step_memory_bound_s'])
