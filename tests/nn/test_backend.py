@@ -83,3 +83,21 @@ def test_even_or_non_square_kernels_are_refused():
   for shape in ((2, 2, 2, 3), (3, 1, 2, 3)):
     with pytest.raises(ValueError, match='odd size'):
       conv2d(x, jnp.zeros(shape))
+
+
+def test_lowering_for_another_platform_takes_its_choices_and_ends_with_the_block():
+  """Inside backend.lowering_for('tpu') the programs are those a TPU takes: autodiff's
+  convolutions for the gradient (not the CPU's k*k products), attention in one block, the
+  conv bias as it is; afterwards the CPU's again."""
+  from flowpp_jax.nn import backend  # pylint: disable=g-import-not-at-top
+  x, w, _ = _inputs(0, 3, dtype=np.float32)
+  grad_text = lambda: str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv2d(x, w))))(w))
+  # A new function each time: jax caches a function's trace without this setting in its key.
+  bias_text = lambda: str(jax.make_jaxpr(lambda b: backend.plain_array(b))(jnp.ones(4)))
+  cpu = (grad_text(), bias_text(), backend.default_query_chunk(512, 512))
+  assert 'dot_general' in cpu[0] and 'dot_general' in cpu[1] and cpu[2] == 128
+  with backend.lowering_for('tpu'):
+    assert backend.platform() == 'tpu' and not backend.on_cpu()
+    assert 'dot_general' not in grad_text() and 'dot_general' not in bias_text()
+    assert backend.default_query_chunk(512, 512) is None
+  assert (grad_text(), bias_text(), backend.default_query_chunk(512, 512)) == cpu
