@@ -12,6 +12,11 @@ not grow with depth: 42-48 s (tracing + XLA) on the 2-core Zen 4 CPU of docs/per
 about 90 s on an older AVX2 one. Train step memory from XLA's compiled memory analysis, per
 device: 4.8 GB at 8 images; the global batch of 64 on one device takes 33.6 GB, or 5.3 GB with
 --config.model.remat=True (fits a 24 GiB machine).
+
+On TPUs, compiled for them by the pre-flight (python -m flowpp_jax.bench --config=THIS
+--target=TYPE --compile_only; docs/tpu.md): the train step fits a v4-8 at the global batch of
+64 (16 per chip: 11.7 GiB of 32), a v3-8 (8 per TensorCore: 6.3 GiB of 16), a v5litepod-8
+and a v6e-8 (8 per chip: 6.2 and 6.1 GiB of 16 and 32 GiB) and the two hosts of a v4-16.
 """
 from flowpp_jax import config_defaults as d
 
