@@ -41,9 +41,11 @@ def validate_run_config(config, device_count: int) -> None:
                'eval.batch_size', 'eval.train_num_examples', 'sample.num'):
     if not _field(config, name) >= 1:
       raise ValueError(f'{name} must be >= 1, got {_field(config, name)}')
-  for name in ('num_train_steps', 'sample_every_steps', 'eval.num_examples', 'profile_steps'):
+  for name in ('num_train_steps', 'sample_every_steps', 'eval.num_examples'):
     if _field(config, name) < 0:
       raise ValueError(f'{name} must be >= 0, got {_field(config, name)}')
+  if config.get('profile_steps', 0) < 0:  # absent from workdirs made before it
+    raise ValueError(f'profile_steps must be >= 0, got {config.profile_steps}')
   if not config.sample.temperature > 0:
     raise ValueError(f'sample.temperature must be > 0, got {config.sample.temperature}')
   for name in ('batch_size', 'eval.batch_size'):
@@ -150,6 +152,4 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   config.model.image_shape = tuple(config.model.image_shape)
   if 'data' not in config:  # a workdir from before the data options: their defaults
     config.data = config_defaults.data_config()
-  if 'profile_steps' not in config:  # one from before the profiler's field
-    config.profile_steps = 0
   return config

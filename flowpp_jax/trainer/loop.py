@@ -148,7 +148,7 @@ def train(exp) -> steps.TrainState:
                                         jax.process_index(), jax.process_count())
   p_state = parallel.replicate(state)
   preemption = _StopRequest(exp.checkpoints.directory)
-  profiler = _Profiler(exp.workdir, config.profile_steps, reporter.say)
+  profiler = _Profiler(exp.workdir, config.get('profile_steps', 0), reporter.say)
   processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
   reporter.say(f'training steps {start_step}..{config.num_train_steps} on '
                f'{jax.device_count()} {jax.devices()[0].platform} device(s){processes}, '
