@@ -58,7 +58,7 @@ if __name__ == '__main__':  # a command's flags exist where it runs: absl's are 
   _TARGET = flags.DEFINE_string(
       'target', None, 'With --compile_only: compile for this Cloud TPU slice instead of the '
       "local devices (an accelerator type: v3-8, v4-8, v4-16, v5litepod-8, v6e-8, ...); needs "
-      "libtpu (the [tpu] extra). See docs/tpu_preflight.md.")
+      "libtpu (the [tpu] extra). See docs/tpu.md.")
   _MAX_BATCH_COMPILES = flags.DEFINE_integer(
       'max_batch_compiles', 6, 'With --target: compiles spent looking for the largest '
       'per-device batch that fits (0: none).')
@@ -183,15 +183,20 @@ def compile_timed(fn, *args):
   return compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
-def flops_of(stage):
-  """FLOPs of one execution of a lowered or compiled program on one device (XLA's cost
-  analysis), or None when the backend gives none. Older jax returns a list of one dict per
-  program, newer a dict."""
+def cost_figure(stage, key: str):
+  """One figure of XLA's cost analysis of a lowered or compiled program on one device ('flops',
+  'bytes accessed'), or None when the backend gives none. Older jax returns a list of one dict
+  per program, newer a dict."""
   analysis = stage.cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else None
-  flops = (analysis or {}).get('flops')
-  return None if flops is None or flops <= 0 else float(flops)
+  value = (analysis or {}).get(key)
+  return None if value is None or value <= 0 else float(value)
+
+
+def flops_of(stage):
+  """FLOPs of one execution of ``stage`` on one device (cost_figure), or None."""
+  return cost_figure(stage, 'flops')
 
 
 def plain_config(config):

@@ -160,16 +160,6 @@ def lower_bounds(flops: Optional[float], moved: Optional[float], tpu) -> dict:
           'train_step_lower_bound_s': known.get(bound), 'train_step_bound': bound}
 
 
-def bytes_moved(compiled) -> Optional[float]:
-  """The bytes one device reads and writes in one run of ``compiled`` (XLA's cost
-  analysis), or None."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  value = (analysis or {}).get('bytes accessed')
-  return None if value is None or value <= 0 else float(value)
-
-
 def run(exp, tpu, devices, *, sample_num: int, max_batch_compiles: int, say, helpers) -> dict:
   """The pre-flight's figures for ``exp`` (built for ``tpu``'s device count) on the slice's
   compile-only ``devices``. ``helpers``: the benchmark module (its FLOPs count, memory
@@ -188,7 +178,7 @@ def run(exp, tpu, devices, *, sample_num: int, max_batch_compiles: int, say, hel
                'fits': train.fits, 'train_memory_bytes': None}
     if train.fits:
       figures.update({f'train_{name}': value for name, value in train.memory.items()})
-      figures['train_bytes_accessed'] = bytes_moved(train.compiled)
+      figures['train_bytes_accessed'] = helpers.cost_figure(train.compiled, 'bytes accessed')
     else:
       figures['out_of_memory_message'] = train.message
     say('counting FLOPs on the model without loops (lowered, not compiled)')
