@@ -41,7 +41,7 @@ import numpy as np
 
 from flowpp_jax import model as model_lib
 from flowpp_jax.nn import backend
-from flowpp_jax.runtime import accelerators, cli, cpu_devices, parallel, tpu_slices
+from flowpp_jax.runtime import accelerators, cli, cpu_devices, parallel
 from flowpp_jax.trainer import evaluate, experiment, interrupt, loop, sampling, steps
 
 if __name__ == '__main__':  # a command's flags exist where it runs: absl's are process-wide
@@ -56,9 +56,10 @@ if __name__ == '__main__':  # a command's flags exist where it runs: absl's are 
   _COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Only lower and compile: report '
                                     'compile time, FLOPs and XLA memory analysis.')
   _TARGET = flags.DEFINE_string(
-      'target', None, 'With --compile_only: compile for this Cloud TPU slice instead of the '
-      "local devices (an accelerator type: v3-8, v4-8, v4-16, v5litepod-8, v6e-8, ...); needs "
-      "libtpu (the [tpu] extra). See docs/tpu.md.")
+      'target', None, 'With --compile_only: compile for this Cloud TPU slice or GPU machine '
+      'instead of the local devices (an accelerator type: v3-8, v4-8, v4-16, v5litepod-8, '
+      "v6e-8, ..., a100-8, h100-8); needs libtpu (the [tpu] extra) or jax[cuda12]. See "
+      'docs/tpu.md.')
   _MAX_BATCH_COMPILES = flags.DEFINE_integer(
       'max_batch_compiles', 6, 'With --target: compiles spent looking for the largest '
       'per-device batch that fits (0: none).')
@@ -99,7 +100,8 @@ ROWS = (
 )
 
 
-# The pre-flight's rows (--target): compile-only figures for a TPU slice (preflight.py).
+# The pre-flight's rows (--target): compile-only figures for a TPU slice or GPU machine
+# (preflight.py).
 TARGET_ROWS = (
     ('train_lower_s', 'train step: tracing and lowering', 's', 1),
     ('train_compile_s', 'train step: XLA compilation (on this CPU)', 's', 1),
@@ -110,6 +112,7 @@ TARGET_ROWS = (
     ('train_memory_temp_bytes', '  of which temporaries', 'GiB', 2**-30),
     ('train_memory_alias_bytes', '  less outputs aliased to (donated) arguments', 'GiB', 2**-30),
     ('device_memory_bytes', 'HBM per device (published)', 'GiB', 2**-30),
+    ('available_memory_bytes', 'of which a program may use', 'GiB', 2**-30),
     ('fits', 'train step fits at the config\'s batch', '', None),
     ('max_per_device_batch', 'largest per-device batch that fits (compiled)', 'images', 1),
     ('train_flops_per_image', 'train step: FLOPs per image (XLA cost analysis)', 'GFLOP', 1e-9),
@@ -397,7 +400,7 @@ def utilisation_figures(figures: dict, device_kind: str, compute_dtype: str) -> 
 
 def context(config, argv, target=None) -> dict:
   """What the figures were measured on and with; ``target``: preflight.context's figures of
-  the TPU slice compiled for, instead of the local devices."""
+  the TPU slice or GPU machine compiled for, instead of the local devices."""
   devices = jax.devices()
   where = target or {'device_kind': devices[0].device_kind, 'device_count': len(devices),
                      'platform': devices[0].platform}
@@ -430,7 +433,7 @@ def format_table(info: dict, figures: dict, rows_of=ROWS) -> str:
   devices = f'{info["device_count"]} x {info["device_kind"]}'
   if 'target' in info:
     devices += (f' ({info["target"]}: {info["chips"]} chips, {info["hosts"]} host(s), '
-                f'topology {info["topology"]}, compile-only, libtpu {info["libtpu_version"]})')
+                f'topology {info["topology"]}, compile-only, {info["compiler"]})')
   rows = [('config', ' '.join([info['config'], *info['config_overrides']]), ''),
           ('devices', devices, ''),
           ('jax', info['jax_version'], ''),
@@ -452,43 +455,43 @@ def format_table(info: dict, figures: dict, rows_of=ROWS) -> str:
 
 
 def main_target(config, target: str) -> None:
-  """--target: the pre-flight for a Cloud TPU slice (preflight.py): compiles, prints the
-  table and the JSON line."""
+  """--target: the pre-flight for a Cloud TPU slice or GPU machine (preflight.py): compiles,
+  prints the table and the JSON line."""
   from flowpp_jax import preflight  # pylint: disable=g-import-not-at-top
   if not _COMPILE_ONLY.value:
-    cli.fail('--target compiles for a TPU slice without one and runs nothing: add '
+    cli.fail('--target compiles for accelerators without them and runs nothing: add '
              '--compile_only')
   if _MAX_BATCH_COMPILES.value < 0:
     cli.fail(f'--max_batch_compiles must be >= 0, got {_MAX_BATCH_COMPILES.value}')
   try:
-    tpu = tpu_slices.parse(target)
-    preflight.check_batches(config, tpu)
+    where = preflight.parse_target(target)
+    preflight.check_batches(config, where)
   except ValueError as e:
     cli.fail(str(e))
-  if not tpu_slices.libtpu_installed():
-    cli.fail(f'--target compiles with libtpu, which is not installed: {tpu_slices.INSTALL_HINT}')
-  tpu_slices.quiet_libtpu_environment(tpu)
+  if where.missing_compiler():
+    cli.fail(where.missing_compiler())
+  where.prepare_environment()
   if not os.environ.get('JAX_PLATFORMS'):
     jax.config.update('jax_platforms', 'cpu')  # nothing runs: no TPU runtime to look for
   try:
-    exp = SyntheticExperiment(config, num_test=0, device_count=tpu.devices)
+    exp = SyntheticExperiment(config, num_test=0, device_count=where.devices)
   except ValueError as e:
     cli.fail(f'{e}'.splitlines()[0])
   try:
-    devices = tpu_slices.compile_devices(tpu)
-    info = context(config, sys.argv, preflight.context(tpu))
+    devices = where.compile_devices()
+    info = context(config, sys.argv, preflight.context(where))
     info['sample_num'] = config.sample.num  # the sampler's, as the trainer runs it
-    info['attention_kernel'] = 'flowpp_jax (TPU choices of nn/backend.py)'
-    figures = preflight.run(exp, tpu, devices, sample_num=config.sample.num,
+    info['attention_kernel'] = f'flowpp_jax ({where.platform.upper()} choices of nn/backend.py)'
+    figures = preflight.run(exp, where, devices, sample_num=config.sample.num,
                             max_batch_compiles=_MAX_BATCH_COMPILES.value, say=cli.say,
                             helpers=sys.modules[__name__])
   finally:
     exp.close()
-  print(format_table(info, figures, TARGET_ROWS))
+  print(format_table(info, {**info, **figures}, TARGET_ROWS))  # the memory rows are info's
   if not figures['fits']:
     largest = figures.get('max_per_device_batch')
     batch = ('no batch fits' if largest == 0 else
-             f'{largest} images per device fit: --config.batch_size={largest * tpu.devices}'
+             f'{largest} images per device fit: --config.batch_size={largest * where.devices}'
              if largest else 'find the largest batch that fits with --max_batch_compiles=6')
     print(f'does not fit: {figures["out_of_memory_message"]}; {batch}; or recompute '
           'activations in the backward pass with --config.model.remat=True', file=sys.stderr)

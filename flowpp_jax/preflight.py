@@ -1,8 +1,9 @@
-"""The TPU pre-flight of ``python -m flowpp_jax.bench --target=TYPE --compile_only``: the
-trainer's programs compiled for a Cloud TPU slice on any machine with libtpu, nothing run.
+"""The pre-flight of ``python -m flowpp_jax.bench --target=TYPE --compile_only``: the
+trainer's programs compiled for a Cloud TPU slice on any machine with libtpu, or for a GPU
+machine with jax's CUDA plugin, nothing run.
 
-For the slice of accelerator type TYPE (runtime/tpu_slices.py) it compiles, from shapes
-alone and with nn/backend.py's choices for a TPU:
+For the slice or machine TYPE names (runtime/tpu_slices.py, runtime/gpu_targets.py) it
+compiles, from shapes alone and with nn/backend.py's choices for its platform:
 - the train step as every host of the slice runs it: one SPMD program over all the slice's
   devices (pmap over them), the global batch split over all of them, the gradient's pmean
   over the whole slice;
@@ -12,9 +13,10 @@ alone and with nn/backend.py's choices for a TPU:
 For each: lowering and compile time and XLA's memory per device. For the train step also:
 FLOPs per image (counted as the benchmark counts them, on the model without loops), the
 bytes XLA's cost analysis says the step moves, the lower bounds on its time from the chip's
-published peak FLOP/s and HBM bandwidth, whether it fits in the device's HBM (the TPU
-compiler refuses a program that does not), and the largest per-device batch that fits,
-found by compiling.
+published peak FLOP/s and HBM bandwidth, whether it fits in the device's memory (the TPU
+compiler refuses a program that does not; on a GPU, XLA's memory figures are held against
+what JAX gives its programs), and the largest per-device batch that fits, found by
+compiling.
 """
 import dataclasses
 import re
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpp_jax.nn import backend
-from flowpp_jax.runtime import tpu_slices
+from flowpp_jax.runtime import gpu_targets, tpu_slices
 from flowpp_jax.trainer import evaluate, experiment, loop, sampling
 
 # The TPU compiler's refusal of a program larger than the HBM, e.g. "RESOURCE_EXHAUSTED: Ran
@@ -55,9 +57,21 @@ class Outcome:
     return None if found is None else float(found.group(1)) * _UNITS[found.group(2)]
 
 
-def compile_for_slice(fn, args, compiled_memory) -> Outcome:
-  """Lowers and compiles ``fn`` (pmapped or jitted for the slice's devices) on abstract
-  ``args``; a refusal for want of memory is an Outcome, any other error raises."""
+def parse_target(accelerator_type: str):
+  """The pre-flight's target: a GPU machine ('h100-8') or a Cloud TPU slice ('v4-8');
+  ValueError naming what is taken."""
+  if gpu_targets.is_gpu_type(accelerator_type):
+    return gpu_targets.parse(accelerator_type)
+  try:
+    return tpu_slices.parse(accelerator_type)
+  except ValueError as e:
+    raise ValueError(f'{e}; or a GPU machine: {gpu_targets.known_types()}') from None
+
+
+def compile_for_slice(fn, args, compiled_memory, available: float) -> Outcome:
+  """Lowers and compiles ``fn`` (pmapped or jitted for the target's devices) on abstract
+  ``args``; a refusal for want of memory, or a program larger than ``available`` bytes per
+  device, is an Outcome, any other error raises."""
   start = time.perf_counter()
   lowered = fn.lower(*args)
   lowered_at = time.perf_counter()
@@ -69,8 +83,13 @@ def compile_for_slice(fn, args, compiled_memory) -> Outcome:
     return Outcome(False, lower_s=lowered_at - start,
                    compile_s=time.perf_counter() - lowered_at,
                    message=str(e).strip().splitlines()[0])
+  compile_s = time.perf_counter() - lowered_at
   memory = compiled_memory(compiled, prefix='')
-  return Outcome(True, memory, compiled, lowered_at - start, time.perf_counter() - lowered_at)
+  if memory['memory_bytes'] > available:  # XLA:GPU compiles what its allocator then refuses
+    return Outcome(False, lower_s=lowered_at - start, compile_s=compile_s, message=(
+        f'needs {memory["memory_bytes"] / 2**30:.2f} GiB per device, more than the available '
+        f'{available / 2**30:.2f} GiB'))
+  return Outcome(True, memory, compiled, lowered_at - start, compile_s)
 
 
 def largest_fitting(fits_at: Callable[[int], Outcome], batch: int, first: Outcome,
@@ -138,21 +157,21 @@ def eval_args(abstract_state, count: int, per: int, model_cfg, helpers):
           jax.ShapeDtypeStruct((count, per), jnp.float32))
 
 
-def check_batches(config, tpu) -> None:
-  """ValueError naming the field when a batch does not split over the slice's devices."""
+def check_batches(config, target) -> None:
+  """ValueError naming the field when a batch does not split over the target's devices."""
   for name, value in (('batch_size', config.batch_size),
                       ('eval.batch_size', config.eval.batch_size)):
-    if value % tpu.devices:
+    if value % target.devices:
       raise ValueError(
-          f'{name} {value} does not divide over the {tpu.devices} devices of '
-          f'{tpu.accelerator_type}; set --config.{name} to a multiple of {tpu.devices}')
+          f'{name} {value} does not divide over the {target.devices} devices of '
+          f'{target.accelerator_type}; set --config.{name} to a multiple of {target.devices}')
 
 
-def lower_bounds(flops: Optional[float], moved: Optional[float], tpu) -> dict:
+def lower_bounds(flops: Optional[float], moved: Optional[float], target) -> dict:
   """Lower bounds on one train step's time per device: its FLOPs at the chip's peak, its
   bytes at the HBM bandwidth; the larger one, and which it is."""
-  compute = None if flops is None else flops / tpu.peak_flops_per_device
-  memory = None if moved is None else moved / tpu.hbm_bytes_per_s_per_device
+  compute = None if flops is None else flops / target.peak_flops_per_device
+  memory = None if moved is None else moved / target.hbm_bytes_per_s_per_device
   known = {name: value for name, value in (('compute', compute), ('memory', memory))
            if value is not None}
   bound = max(known, key=known.get) if known else None
@@ -160,19 +179,21 @@ def lower_bounds(flops: Optional[float], moved: Optional[float], tpu) -> dict:
           'train_step_lower_bound_s': known.get(bound), 'train_step_bound': bound}
 
 
-def run(exp, tpu, devices, *, sample_num: int, max_batch_compiles: int, say, helpers) -> dict:
-  """The pre-flight's figures for ``exp`` (built for ``tpu``'s device count) on the slice's
+def run(exp, target, devices, *, sample_num: int, max_batch_compiles: int, say,
+        helpers) -> dict:
+  """The pre-flight's figures for ``exp`` (built for ``target``'s device count) on its
   compile-only ``devices``. ``helpers``: the benchmark module (its FLOPs count, memory
   figures and plain config), whose table and JSON print the result."""
-  config, count = exp.config, tpu.devices
+  config, count = exp.config, target.devices
   per = config.batch_size // count
-  with backend.lowering_for('tpu'):
+  with backend.lowering_for(target.platform):
     abstract_state = exp.abstract_state()
     p_train = loop.make_train_step(exp, devices=devices)
     compile_train = lambda b: compile_for_slice(
-        p_train, helpers.train_args(exp, abstract_state, count, b), helpers.compiled_memory)
-    say(f'compiling the train step for {tpu.accelerator_type} ({count} devices, '
-        f'{tpu.hosts} host(s)), {per} images per device')
+        p_train, helpers.train_args(exp, abstract_state, count, b), helpers.compiled_memory,
+        target.available_memory_bytes)
+    say(f'compiling the train step for {target.accelerator_type} ({count} devices, '
+        f'{target.hosts} host(s)), {per} images per device')
     train = compile_train(per)
     figures = {'train_lower_s': train.lower_s, 'train_compile_s': train.compile_s,
                'fits': train.fits, 'train_memory_bytes': None}
@@ -183,9 +204,9 @@ def run(exp, tpu, devices, *, sample_num: int, max_batch_compiles: int, say, hel
       figures['out_of_memory_message'] = train.message
     say('counting FLOPs on the model without loops (lowered, not compiled)')
     figures['train_flops_per_image'] = _train_flops_per_image(exp, count, helpers)
-    figures.update(_bounds(figures, per, tpu))
-    figures.update(_eval_figures(exp, abstract_state, devices, count, helpers, say))
-    figures.update(_sample_figures(exp, abstract_state, tpu, devices, sample_num, helpers,
+    figures.update(_bounds(figures, per, target))
+    figures.update(_eval_figures(exp, abstract_state, target, devices, helpers, say))
+    figures.update(_sample_figures(exp, abstract_state, target, devices, sample_num, helpers,
                                    say))
     if max_batch_compiles > 0:
       tried = [_tried(per, train)]
@@ -197,8 +218,8 @@ def run(exp, tpu, devices, *, sample_num: int, max_batch_compiles: int, say, hel
         tried.append(_tried(b, outcome))
         say(f'{b} images per device: ' + ('fits' if outcome.fits else 'does not fit'))
         return outcome
-      largest, settled, _ = largest_fitting(fits_at, per, train, tpu.device_memory_bytes,
-                                            max_batch_compiles)
+      largest, settled, _ = largest_fitting(
+          fits_at, per, train, target.available_memory_bytes, max_batch_compiles)
       figures.update(max_per_device_batch=largest, max_per_device_batch_settled=settled,
                      batch_search=tried)
   return figures
@@ -206,7 +227,7 @@ def run(exp, tpu, devices, *, sample_num: int, max_batch_compiles: int, say, hel
 
 def _train_flops_per_image(exp, count: int, helpers) -> Optional[float]:
   """FLOPs per image of the train step, counted as the benchmark counts them (on the plain
-  model, bench.plain_config, with one-block attention), with the TPU's choices of
+  model, bench.plain_config, with one-block attention), with the target's choices of
   nn/backend.py, on a program lowered for one local device: XLA gives no cost analysis of a
   program lowered for a TPU before it is compiled, and the compiled one counts a loop body
   once."""
@@ -223,30 +244,31 @@ def _train_flops_per_image(exp, count: int, helpers) -> Optional[float]:
   return None if flops is None else flops / per
 
 
-def _bounds(figures: dict, per: int, tpu) -> dict:
+def _bounds(figures: dict, per: int, target) -> dict:
   flops = figures['train_flops_per_image']
   moved = figures.get('train_bytes_accessed')
   return {'train_flops_per_device': None if flops is None else flops * per,
-          **lower_bounds(None if flops is None else flops * per, moved, tpu)}
+          **lower_bounds(None if flops is None else flops * per, moved, target)}
 
 
-def _eval_figures(exp, abstract_state, devices, count: int, helpers, say) -> dict:
+def _eval_figures(exp, abstract_state, target, devices, helpers, say) -> dict:
+  count = target.devices
   per = exp.config.eval.batch_size // count
   say(f'compiling the periodic evaluator, {per} images per device')
   outcome = compile_for_slice(evaluate.eval_program(exp, 1, devices=devices),
                               eval_args(abstract_state, count, per, exp.config.model, helpers),
-                              helpers.compiled_memory)
+                              helpers.compiled_memory, target.available_memory_bytes)
   return {'eval_lower_s': outcome.lower_s, 'eval_compile_s': outcome.compile_s,
           'eval_fits': outcome.fits,
           'eval_memory_bytes': outcome.memory['memory_bytes'] if outcome.fits else None}
 
 
-def _sample_figures(exp, abstract_state, tpu, devices, n: int, helpers, say) -> dict:
+def _sample_figures(exp, abstract_state, target, devices, n: int, helpers, say) -> dict:
   """The sampler's decoding of n latents: over host 0's devices on one host, all n on one
   device where there are several hosts (parallel.over_examples)."""
   model = exp.model
   local = [d for d in devices if d.process_index == devices[0].process_index]
-  if tpu.hosts == 1:
+  if target.hosts == 1:
     per = -(-n // len(local))
     fn = jax.pmap(sampling.decode_fn(model), devices=local)
     stack = lambda tree: helpers.per_device(tree, len(local))
@@ -259,27 +281,19 @@ def _sample_figures(exp, abstract_state, tpu, devices, n: int, helpers, say) -> 
   latents = jax.eval_shape(sampling.latents_fn(model, per), jax.random.PRNGKey(0), 1.0)
   say(f'compiling the sampler, {per} latents per device')
   outcome = compile_for_slice(fn, (stack(abstract_state.params), stack(latents)),
-                              helpers.compiled_memory)
+                              helpers.compiled_memory, target.available_memory_bytes)
   return {'sample_lower_s': outcome.lower_s, 'sample_compile_s': outcome.compile_s,
           'sample_fits': outcome.fits, 'sample_per_device': per,
           'sample_memory_bytes': outcome.memory['memory_bytes'] if outcome.fits else None}
 
 
-def context(tpu) -> dict:
-  """What the slice is, for the table and the JSON line."""
-  return {'target': tpu.accelerator_type, 'topology': tpu.topology, 'chips': tpu.chips,
-          'hosts': tpu.hosts, 'device_count': tpu.devices,
-          'device_kind': tpu.generation.device_kind, 'platform': 'tpu',
-          'device_memory_bytes': tpu.device_memory_bytes,
-          'peak_flops_per_s_per_device': tpu.peak_flops_per_device,
-          'hbm_bytes_per_s_per_device': tpu.hbm_bytes_per_s_per_device,
-          'libtpu_version': _libtpu_version()}
-
-
-def _libtpu_version() -> Optional[str]:
-  try:
-    from importlib import metadata  # pylint: disable=g-import-not-at-top
-    return metadata.version('libtpu')
-  except Exception:  # pylint: disable=broad-except
-    return None
-
+def context(target) -> dict:
+  """What the slice or machine is, for the table and the JSON line."""
+  return {'target': target.accelerator_type, 'topology': target.topology,
+          'chips': target.chips, 'hosts': target.hosts, 'device_count': target.devices,
+          'device_kind': target.device_kind, 'platform': target.platform,
+          'device_memory_bytes': target.device_memory_bytes,
+          'available_memory_bytes': target.available_memory_bytes,
+          'peak_flops_per_s_per_device': target.peak_flops_per_device,
+          'hbm_bytes_per_s_per_device': target.hbm_bytes_per_s_per_device,
+          'compiler': target.compiler()}

@@ -10,9 +10,9 @@ v6e slices of up to 8 chips.
 
 Per-chip figures are the vendor's datasheet values (cloud.google.com/tpu/docs/<generation>;
 v2 from Jouppi et al., "A Domain Specific Supercomputer for Training Deep Neural Networks",
-CACM 2020): HBM capacity and bandwidth; the peak FLOP/s are runtime/accelerators.py's. HBM comes in binary
-sizes: v5e's and v6e's "16 GB" and "32 GB" are GiB (the TPU compiler leaves programs 15.75
-GiB of a v5e).
+CACM 2020): HBM capacity and bandwidth; the peak FLOP/s are runtime/accelerators.py's. HBM
+comes in binary sizes: v5e's and v6e's "16 GB" and "32 GB" are GiB (the TPU compiler leaves
+programs 15.75 GiB of a v5e).
 """
 import dataclasses
 import importlib.util
@@ -103,6 +103,58 @@ class Slice:
   def hbm_bytes_per_s_per_device(self) -> float:
     return self.generation.hbm_bytes_per_s_per_chip / self.generation.devices_per_chip
 
+  platform = 'tpu'
+
+  @property
+  def device_kind(self) -> str:
+    return self.generation.device_kind
+
+  @property
+  def available_memory_bytes(self) -> float:
+    """What a program may use: the TPU compiler refuses one that needs more (slightly less
+    than the HBM, e.g. 15.75 GiB of a v5e's 16)."""
+    return self.device_memory_bytes
+
+  @staticmethod
+  def compiler() -> str:
+    try:
+      from importlib import metadata  # pylint: disable=g-import-not-at-top
+      return f'libtpu {metadata.version("libtpu")}'
+    except Exception:  # pylint: disable=broad-except
+      return 'libtpu'
+
+  @staticmethod
+  def missing_compiler() -> str:
+    """Why it cannot compile here, or '' when it can."""
+    if not libtpu_installed():
+      return f'--target compiles with libtpu, which is not installed: {INSTALL_HINT}'
+    return ''
+
+  def prepare_environment(self) -> None:
+    """For a command's entry point, before libtpu loads: the worker settings a Cloud TPU
+    VM's metadata server would give, so that libtpu does not look for one (and print a page
+    of warnings) on a machine that only compiles; and no lock on the TPU chips, which
+    compiling does not open (libtpu otherwise refuses a second process). Settings the user
+    made are kept."""
+    for name, value in (('TPU_SKIP_MDS_QUERY', '1'), ('ALLOW_MULTIPLE_LIBTPU_LOAD', '1'),
+                        ('TPU_ACCELERATOR_TYPE', self.accelerator_type),
+                        ('TPU_WORKER_ID', '0'), ('TPU_WORKER_HOSTNAMES', 'localhost')):
+      os.environ.setdefault(name, value)
+
+  def compile_devices(self) -> list:
+    """The slice's devices, for compiling only (nothing runs on them), in device-id order;
+    each has a ``process_index``: its host. Needs libtpu."""
+    from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+    description = topologies.get_topology_desc(
+        platform='tpu', topology_name=self.topology,
+        chip_config_name=self.generation.chip_config, chips_per_host_bounds=self.host_bounds,
+        num_slices=1)
+    devices = sorted(description.devices, key=lambda d: d.id)
+    if len(devices) != self.devices:
+      raise RuntimeError(f'libtpu made {len(devices)} devices for {self.accelerator_type} '
+                         f'({self.topology}), expected {self.devices}')
+    return devices
+
 
 def _shape(chips: int, dims: int) -> tuple:
   """Cloud TPU's topology of ``chips`` (a power of two): from the smallest slice, the
@@ -150,32 +202,3 @@ def parse(accelerator_type: str) -> Slice:
 def libtpu_installed() -> bool:
   """Whether the TPU compiler (the libtpu package) can be loaded."""
   return importlib.util.find_spec('libtpu') is not None
-
-
-def quiet_libtpu_environment(tpu: Slice) -> None:
-  """For a command's entry point, before libtpu loads: the worker settings a Cloud TPU VM's
-  metadata server would give, so that libtpu does not look for one (and print a page of
-  warnings) on a machine that only compiles; and no lock on the TPU chips, which compiling
-  does not open (libtpu otherwise refuses a second process). Settings the user made are
-  kept."""
-  for name, value in (('TPU_SKIP_MDS_QUERY', '1'), ('ALLOW_MULTIPLE_LIBTPU_LOAD', '1'),
-                      ('TPU_ACCELERATOR_TYPE', tpu.accelerator_type),
-                      ('TPU_WORKER_ID', '0'), ('TPU_WORKER_HOSTNAMES', 'localhost')):
-    os.environ.setdefault(name, value)
-
-
-def compile_devices(tpu: Slice) -> list:
-  """The slice's devices, for compiling only (nothing runs on them), in device-id order;
-  each has a ``process_index``: its host. Needs libtpu (RuntimeError naming the extra)."""
-  if not libtpu_installed():
-    raise RuntimeError(f'compiling for TPUs needs libtpu, which is not installed: '
-                       f'{INSTALL_HINT}')
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  description = topologies.get_topology_desc(
-      platform='tpu', topology_name=tpu.topology, chip_config_name=tpu.generation.chip_config,
-      chips_per_host_bounds=tpu.host_bounds, num_slices=1)
-  devices = sorted(description.devices, key=lambda d: d.id)
-  if len(devices) != tpu.devices:
-    raise RuntimeError(f'libtpu made {len(devices)} devices for {tpu.accelerator_type} '
-                       f'({tpu.topology}), expected {tpu.devices}')
-  return devices

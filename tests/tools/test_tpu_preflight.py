@@ -1,15 +1,19 @@
-"""The TPU pre-flight (python -m flowpp_jax.bench --target=TYPE --compile_only): accelerator
-types, the batch search and the bounds everywhere; compiling for a TPU slice where libtpu is
-installed (CI's [tpu] leg)."""
+"""The pre-flight (python -m flowpp_jax.bench --target=TYPE --compile_only): accelerator
+types (TPU slices and GPU machines), the batch search and the bounds everywhere; compiling
+for a TPU slice where libtpu is installed (CI's [tpu] leg)."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from flowpp_jax import bench as bench_module
 from flowpp_jax import preflight
-from flowpp_jax.runtime import tpu_slices
+from flowpp_jax.runtime import accelerators, gpu_targets, tpu_slices
 from conftest import ROOT
 
 # The tiny digits model with one coupling and uniform dequantization (as test_bench.py).
@@ -124,8 +128,8 @@ def bench(*args):
 def test_bad_targets_get_one_error_line(args, message):
   result = bench(*TINY, *args)
   assert result.returncode == 2, result.stderr[-2000:]
-  assert result.stderr.strip().startswith('error: ') and len(result.stderr.strip().splitlines()) == 1
-  assert message in result.stderr
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert result.stderr.startswith('error: ') and message in result.stderr
 
 
 @pytest.mark.skipif(tpu_slices.libtpu_installed(), reason='libtpu is installed here')
@@ -174,3 +178,57 @@ def test_a_train_step_larger_than_the_hbm_is_reported_as_not_fitting():
   assert 'train step fits at the config\'s batch' in result.stdout
   assert 'does not fit: RESOURCE_EXHAUSTED' in result.stderr
   assert '--config.model.remat=True' in result.stderr
+
+
+@pytest.mark.parametrize('name, kind, gpus', [
+    ('h100-8', 'NVIDIA H100 80GB HBM3', 8), ('A100-4', 'NVIDIA A100-SXM4-80GB', 4),
+    ('h100-1', 'NVIDIA H100 80GB HBM3', 1)])
+def test_gpu_machines_are_one_host_of_n_gpus(name, kind, gpus, monkeypatch):
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
+  machine = preflight.parse_target(name)
+  assert (machine.platform, machine.device_kind, machine.devices, machine.hosts) == (
+      'gpu', kind, gpus, 1)
+  # Programs are held against what launch/gpu_local.sh lets JAX take of a GPU.
+  assert machine.available_memory_bytes == 0.9 * machine.device_memory_bytes
+  assert machine.device_memory_bytes > 79 * 2**30
+  assert machine.peak_flops_per_device == accelerators.peak_flops(kind, 'float32')
+  assert f'device_memory_size: {machine.device_memory_bytes}' in machine.gpu.target_config()
+
+
+@pytest.mark.parametrize('name, message', [
+    ('h100-3', 'unknown GPU machine'), ('a100-16', 'unknown GPU machine'),
+    ('h200-8', 'or a GPU machine: a100-N, h100-N')])
+def test_unknown_gpu_machines_are_refused(name, message):
+  with pytest.raises(ValueError, match=message):
+    preflight.parse_target(name)
+
+
+def test_a_program_larger_than_the_available_memory_does_not_fit():
+  """XLA:GPU compiles a program its allocator would then refuse: the pre-flight holds XLA's
+  memory figures against what a program may use."""
+  f = jax.jit(lambda x: jnp.sin(x) @ x)
+  args = (jax.ShapeDtypeStruct((256, 256), jnp.float32),)
+  need = preflight.compile_for_slice(f, args, bench_module.compiled_memory, 1e12)
+  assert need.fits and need.memory['memory_bytes'] >= 2 * 256 * 256 * 4
+  refused = preflight.compile_for_slice(f, args, bench_module.compiled_memory,
+                                        need.memory['memory_bytes'] - 1)
+  assert not refused.fits and refused.message.startswith('needs ')
+
+
+@pytest.mark.skipif(importlib.util.find_spec('jax_cuda12_plugin') is not None,
+                    reason="jax's CUDA plugin is installed here")
+def test_without_the_cuda_plugin_the_error_names_jax_cuda12():
+  result = bench(*TINY, '--target=h100-4', '--compile_only')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: --target compiles with jax's CUDA plugin, which is not installed: "
+      f'{gpu_targets.INSTALL_HINT}']
+
+
+def test_the_gpu_memory_pool_follows_xla_python_client_mem_fraction(monkeypatch):
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.5')
+  machine = preflight.parse_target('h100-8')
+  assert machine.available_memory_bytes == 0.5 * machine.device_memory_bytes
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', 'most')
+  with pytest.raises(ValueError, match='not a fraction'):
+    preflight.parse_target('h100-8')
