@@ -80,7 +80,12 @@ def unchanged(state, new):
           zip(old_leaves, jax.tree_util.tree_leaves(new.params)) if np.array_equal(a, b)]
 
 
-@pytest.mark.parametrize('name', sorted(LEVELS))
+# The low-bit configs' two architectures (64x64 and 128x128) at both level counts (8, 32);
+# imagenet64_5bit and celeba64_5bit build celeba64_3bit's model at 32 levels (checked below).
+STEPPED = ('celeba64_3bit', 'celeba128_5bit')
+
+
+@pytest.mark.parametrize('name', STEPPED)
 def test_low_bit_configs_tiny_variant_takes_a_train_step(name):
   """The same layouts at a quarter of the side: one update at the peak rate gives a finite
   loss and moves every parameter that has a gradient."""
@@ -91,6 +96,17 @@ def test_low_bit_configs_tiny_variant_takes_a_train_step(name):
   # The dequantizer's attention-free couplings keep the official code's unused pos_emb.
   assert unchanged(state, new) == [
       "['dequantizer']['flow']['layers_1']['steps']['coupling']['net']['pos_emb']"]
+
+
+@pytest.mark.parametrize('name', sorted(set(LEVELS) - set(STEPPED)))
+def test_the_other_low_bit_configs_build_a_stepped_model(name):
+  """What a train step of these would compile differs from celeba64_3bit's only in the
+  levels, which celeba128_5bit's step covers at 32; their schedules reach their peak."""
+  config, stepped = load_config(name, 'tiny'), load_config('celeba64_3bit', 'tiny')
+  stepped.model.num_levels = LEVELS[name]
+  assert config.model.to_dict() == stepped.model.to_dict()
+  schedule = optim.learning_rate_schedule(config.lr)
+  assert float(schedule(config.lr.warmup_steps)) == pytest.approx(config.lr.peak, rel=1e-6)
 
 
 @pytest.mark.parametrize('name', sorted(set(DIGITS) - {'digits'}))
