@@ -10,7 +10,8 @@ compiles, from shapes alone and with nn/backend.py's choices for its platform:
 - the periodic evaluator's step (single-sample ELBO, eval.batch_size split the same way);
 - the sampler's decoding of sample.num latents: over a host's devices on one host, on one
   device per host when there are several (as parallel.over_examples runs it).
-For each: lowering and compile time and XLA's memory per device. For the train step also:
+For each: lowering and compile time and XLA's memory per device (the evaluator and sampler
+only where the train step fits). For the train step also:
 FLOPs per image (counted as the benchmark counts them, on the model without loops), the
 bytes XLA's cost analysis says the step moves, the lower bounds on its time from the chip's
 published peak FLOP/s and HBM bandwidth, whether it fits in the device's memory (the TPU
@@ -205,9 +206,10 @@ def run(exp, target, devices, *, sample_num: int, max_batch_compiles: int, say,
     say('counting FLOPs on the model without loops (lowered, not compiled)')
     figures['train_flops_per_image'] = _train_flops_per_image(exp, count, helpers)
     figures.update(_bounds(figures, per, target))
-    figures.update(_eval_figures(exp, abstract_state, target, devices, helpers, say))
-    figures.update(_sample_figures(exp, abstract_state, target, devices, sample_num, helpers,
-                                   say))
+    if train.fits:  # else the config changes first: minutes of compiles saved
+      figures.update(_eval_figures(exp, abstract_state, target, devices, helpers, say))
+      figures.update(_sample_figures(exp, abstract_state, target, devices, sample_num,
+                                     helpers, say))
     if max_batch_compiles > 0:
       tried = [_tried(per, train)]
 

@@ -174,6 +174,7 @@ def test_a_train_step_larger_than_the_hbm_is_reported_as_not_fitting():
   assert result.returncode == 0, result.stderr[-3000:]
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   assert figures['fits'] is False and figures['train_memory_bytes'] is None
+  assert 'eval_fits' not in figures  # the evaluator and sampler wait for a train step that fits
   assert 'exceeds available HBM' in figures['out_of_memory_message']
   assert 'train step fits at the config\'s batch' in result.stdout
   assert 'does not fit: RESOURCE_EXHAUSTED' in result.stderr
