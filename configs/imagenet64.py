@@ -11,9 +11,10 @@ official code's version has holes at the boundaries and a negative stretch).
 Layers are scanned (model.scan_layers) so that the train step compiles in about 75 s on a
 2-core CPU whatever the depth, and rematerialised (model.remat) to fit. Train step memory from
 XLA's compiled memory analysis, the global batch of 72 on one device, with remat: 10.9 GB
-(fits a 16 GiB TPU core or an 80 GiB H100). Compiled for a v4-8 by the pre-flight (python -m
-flowpp_jax.bench --config=THIS --target=v4-8 --compile_only; docs/tpu.md): 18 images per chip
-take 5.9 GiB of its 32.
+(fits a 16 GiB TPU core or an 80 GiB H100). Compiled for TPUs by the pre-flight (python -m
+flowpp_jax.bench --config=THIS --target=TYPE --compile_only; docs/tpu.md): the train step
+fits a v4-8 at the global batch of 72 (18 per chip: 5.9 GiB of 32), a v3-8 (9 per
+TensorCore: 4.6 GiB of 16) and a v5litepod-8 (9 per chip: 4.4 GiB of 16).
 """
 from flowpp_jax import config_defaults as d
 
