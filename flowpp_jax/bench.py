@@ -416,7 +416,8 @@ def context(config, argv, target=None) -> dict:
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       # glibc.malloc.hugetlb=1 unless opted out: see host_memory.
       'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
-      'compilation_cache': bool(jax.config.jax_compilation_cache_dir),
+      'compilation_cache': bool(jax.config.jax_compilation_cache_dir
+                                and jax.config.jax_enable_compilation_cache),
   }
 
 
@@ -471,6 +472,8 @@ def main_target(config, target: str) -> None:
   if where.missing_compiler():
     cli.fail(where.missing_compiler())
   where.prepare_environment()
+  # Programs for other devices never load here, and a cache hit would hide the compile time.
+  jax.config.update('jax_enable_compilation_cache', False)
   if not os.environ.get('JAX_PLATFORMS'):
     jax.config.update('jax_platforms', 'cpu')  # nothing runs: no TPU runtime to look for
   try:

@@ -111,9 +111,9 @@ def test_lower_bounds_name_the_larger_one():
   assert memory['train_step_lower_bound_s'] == pytest.approx(1.0)
 
 
-def bench(*args):
+def bench(*args, drop=('XLA_FLAGS',)):
   # Without the suite's CPU optimisation level: the TPU compiler would take it too.
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = {k: v for k, v in os.environ.items() if k not in drop}
   return subprocess.run([sys.executable, '-m', 'flowpp_jax.bench', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
 
@@ -145,10 +145,13 @@ needs_libtpu = pytest.mark.skipif(not tpu_slices.libtpu_installed(),
 
 
 @needs_libtpu
-def test_the_tiny_config_compiles_for_a_tpu_slice_and_fits():
+def test_the_tiny_config_compiles_for_a_tpu_slice_and_fits(tmp_path):
   """The train step, evaluator and sampler compiled for v5litepod-4 at the config's batch (4
-  images per device), then once more at 8 by the batch search: memory grows with it."""
-  result = bench(*TINY, '--target=v5litepod-4', '--compile_only', '--max_batch_compiles=1')
+  images per device), then once more at 8 by the batch search: memory grows with it. Nothing
+  goes to the compilation cache: programs for a TPU never load on this machine."""
+  result = bench(*TINY, '--target=v5litepod-4', '--compile_only', '--max_batch_compiles=1',
+                 f'--compilation_cache={tmp_path / "cache"}',
+                 drop=('XLA_FLAGS', 'JAX_COMPILATION_CACHE_DIR'))
   assert result.returncode == 0, result.stderr[-3000:]
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   assert (figures['target'], figures['chips'], figures['hosts']) == ('v5litepod-4', 4, 1)
@@ -162,6 +165,8 @@ def test_the_tiny_config_compiles_for_a_tpu_slice_and_fits():
   assert four == figures['train_memory_bytes'] < eight
   assert figures['max_per_device_batch'] == 8 and not figures['max_per_device_batch_settled']
   assert 'LOWER BOUND' in result.stdout and 'fits at the config' in result.stdout
+  assert figures['compilation_cache'] is False
+  assert not [p for p in (tmp_path / 'cache').rglob('*') if p.is_file() and 'cache' in p.name]
 
 
 @needs_libtpu
