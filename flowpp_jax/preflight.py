@@ -100,18 +100,22 @@ def largest_fitting(fits_at: Callable[[int], Outcome], batch: int, first: Outcom
 
   Memory is close to linear in the batch, so a guess is where the line through the smallest
   and largest batches that fit reaches ``capacity`` bytes (the compiler's own limit, once a
-  refusal has given it). Until a batch is refused: that guess, or double. Then the guesses
-  stay strictly between the largest batch known to fit and the smallest known not to,
-  alternating with the midpoint so that a poor line cannot stall the search; a line that
+  refusal has given it). Until a batch is refused: that guess; one more than the largest fit
+  where the line is there already (once: if it fits, the capacity was low); else double. Then
+  the guesses stay strictly between the largest batch known to fit and the smallest known not
+  to, alternating with the midpoint so that a poor line cannot stall the search; a line that
   points at the largest fit asks about one more. Settled when batch+1 is known not to fit."""
   lo, hi = (batch, None) if first.fits else (0, batch)
   points = [(batch, first.memory['memory_bytes'])] if first.fits else []
   capacity = first.available_bytes or capacity
   spent = bracketed = 0  # compiles, and those since a batch was refused
+  crept = False  # the last guess was one more than the largest fit, before any refusal
   while spent < max_compiles and (hi is None or hi - lo > 1) and lo < limit:
     line = _line_guess(points, capacity)
-    if hi is None:
-      guess = line if line is not None and line > lo else lo * 2
+    if hi is None:  # at the line's capacity: one more image, once; past it the line is low
+      guess = line if line is not None and line > lo else (
+          lo + 1 if line is not None and not crept else lo * 2)
+      crept = guess == lo + 1
     elif line is not None and line <= lo:
       guess = lo + 1
     elif line is not None and line < hi and bracketed % 2 == 0:

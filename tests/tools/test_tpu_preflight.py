@@ -86,6 +86,16 @@ def test_the_batch_search_finds_the_largest_batch_that_fits(memory_of):
   assert spent == len(calls) - 1 <= 12
 
 
+def test_the_batch_search_settles_where_the_line_meets_the_capacity():
+  """The compiles of cifar10's search for an h100-8 (GiB at 8, 16, 183 and 205 images): 205
+  fits just under the 71.19 GiB pool, and one more image settles it, instead of doubling."""
+  measured = {8: 3.66, 16: 6.74, 183: 63.45, 205: 71.02}
+  memory_of = lambda b: measured.get(b, 3.66 + (b - 8) * 0.3419) * 2**30
+  fits_at, calls = _fake_compiler(memory_of, available=71.19 * 2**30)
+  largest, settled, spent = preflight.largest_fitting(fits_at, 8, fits_at(8), 71.19 * 2**30, 4)
+  assert (largest, settled, spent) == (205, True, 4) and calls == [8, 16, 183, 205, 206]
+
+
 def test_the_batch_search_goes_down_when_the_configs_batch_does_not_fit():
   fits_at, _ = _fake_compiler(lambda b: 1e9 * b, available=10.5e9)
   first = fits_at(64)
