@@ -11,7 +11,9 @@ The official run length is not recorded; num_train_steps is a budget to adjust.
 Layers are scanned (model.scan_layers) so that the train step compiles in about 80 s on a
 2-core CPU whatever the depth, and rematerialised (model.remat) to fit. Train step memory from
 XLA's compiled memory analysis, the global batch of 32 on one device, with remat: 11.5 GB
-(fits a 16 GiB TPU core or an 80 GiB H100).
+(fits a 16 GiB TPU core or an 80 GiB H100). Compiled for a v4-8 by the pre-flight (python -m
+flowpp_jax.bench --config=THIS --target=v4-8 --compile_only; docs/tpu.md): 8 images per chip
+take 5.7 GiB of its 32.
 """
 from flowpp_jax import config_defaults as d
 

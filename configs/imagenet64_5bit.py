@@ -13,6 +13,11 @@ bits/dim for this model; Flow++'s paper has none either.
 The schedule is the official one's intent: warmup to 4e-4 over 10k steps, hold to 50k, x0.9995
 per step down to 3e-4 (reached at step 50,576), hold to 110k, then a second warmup from 0 to
 1e-5 over 20k steps and 1e-5 after (the official function returns None at steps 10k and 50k).
+
+Hardware: compiled for a v4-8 by the pre-flight (python -m flowpp_jax.bench --config=THIS
+--target=v4-8 --compile_only; docs/tpu.md), 15 images per chip take 4.9 GiB of its 32. The
+batch of 60 does not divide over the 8 devices of a v3-8, v5litepod-8 or v6e-8: there, set
+--config.batch_size=64.
 """
 from flowpp_jax import config_defaults as d
 
