@@ -23,7 +23,9 @@ EOF
 
 Options:
   --accelerator=TYPE  e.g. v4-8 (one host), v4-32 (4 hosts), v5litepod-16, v6e-8
-                      (env TPU_ACCELERATOR)
+                      (env TPU_ACCELERATOR; default $DEFAULT_ACCELERATOR, where every official
+                      config compiles and fits at its batch: docs/tpu.md; check another
+                      type first with python -m flowpp_jax.bench --target=TYPE --compile_only)
   --version=VERSION   TPU software version (env TPU_VERSION; default by TYPE: v2-v4
                       tpu-ubuntu2204-base, v5litepod v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5,
                       v6e v2-alpha-tpuv6e; list: gcloud compute tpus tpu-vm versions list)
@@ -38,11 +40,13 @@ EOF
   cat <<EOF
 
 Example:
-  $SCRIPT_NAME --name=flowpp --zone=us-central2-b --accelerator=v4-32
+  $SCRIPT_NAME --name=flowpp --zone=us-central2-b    # a v4-8
 EOF
 }
 
 readonly DEFAULT_PYTHON=3.11  # what CI tests with
+# The slice every official config was compiled for and fits on at its batch (docs/tpu.md).
+readonly DEFAULT_ACCELERATOR=v4-8
 # Packages beside the requirements: the TPU runtime, and the gs:// clients of etils.epath
 # (workdir files, tfds metadata) and of tensorboardX (event files).
 readonly TPU_PACKAGES=('jax[tpu]' gcsfs google-cloud-storage)
@@ -59,7 +63,6 @@ default_version() {
 }
 
 create_vm() {
-  require_option accelerator TPU_ACCELERATOR
   local version=${OPT[version]}
   if [[ -z $version ]]; then
     version=$(default_version "${OPT[accelerator]}") ||
@@ -116,7 +119,7 @@ install_everywhere() {
 }
 
 main() {
-  OPT=([accelerator]="${TPU_ACCELERATOR:-}" [version]="${TPU_VERSION:-}" [ref]='' [git-url]=''
+  OPT=([accelerator]="${TPU_ACCELERATOR:-$DEFAULT_ACCELERATOR}" [version]="${TPU_VERSION:-}" [ref]='' [git-url]=''
        [python]="$DEFAULT_PYTHON")
   FLAG=([spot]=0 [install-only]=0)
   tpu_options

@@ -95,6 +95,11 @@ def test_tpu_create(fake_bin):
   assert 'tar' in words and words[words.index('--python') + 1] == '3.11'
 
 
+def test_tpu_create_defaults_to_the_slice_every_official_config_fits(fake_bin):
+  create = dry_run('tpu_create.sh', *TPU, fake_bin=fake_bin)[0]
+  assert '--accelerator-type=v4-8' in create and '--version=tpu-ubuntu2204-base' in create
+
+
 def test_tpu_create_options(fake_bin):
   lines = dry_run('tpu_create.sh', *TPU, '--install-only', '--git-url=https://x/y.git',
                   '--ref=v1', fake_bin=fake_bin)
@@ -208,7 +213,6 @@ def test_ablations(fake_bin, tmp_path):
 @pytest.mark.parametrize('script,args', [
     ('tpu_create.sh', []),
     ('tpu_create.sh', ['--name=flowpp']),
-    ('tpu_create.sh', TPU),  # no --accelerator
     ('tpu_create.sh', [*TPU, '--accelerator=v9-8']),  # no default version
     ('tpu_run.sh', TPU),
     ('tpu_run.sh', ['configs/cifar10.py', 'gs://b/r']),
