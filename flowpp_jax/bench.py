@@ -469,8 +469,9 @@ def main_target(config, target: str) -> None:
     preflight.check_batches(config, where)
   except ValueError as e:
     cli.fail(str(e))
-  if where.missing_compiler():
-    cli.fail(where.missing_compiler())
+  missing = where.missing_compiler()
+  if missing:
+    cli.fail(missing)
   where.prepare_environment()
   # Programs for other devices never load here, and a cache hit would hide the compile time.
   jax.config.update('jax_enable_compilation_cache', False)

@@ -80,6 +80,7 @@ class Machine:
   accelerator_type: str
   gpu: Gpu
   gpus: int
+  memory_fraction: float = LAUNCH_MEMORY_FRACTION  # of the card, JAX's pool
 
   platform = 'gpu'
   hosts = 1
@@ -108,8 +109,7 @@ class Machine:
   @property
   def available_memory_bytes(self) -> float:
     """What a program may use: JAX's pool (see the module docstring)."""
-    fraction = os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION') or LAUNCH_MEMORY_FRACTION
-    return self.gpu.memory_bytes * float(fraction)
+    return self.gpu.memory_bytes * self.memory_fraction
 
   @property
   def peak_flops_per_device(self) -> float:
@@ -158,13 +158,15 @@ def parse(accelerator_type: str) -> Machine:
   gpus = int(match.group(2)) if match else 0
   if gpus not in (1, 2, 4, 8):
     raise ValueError(f'unknown GPU machine {accelerator_type!r}: expected {known_types()}')
-  fraction = os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION')
+  fraction = os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION') or str(LAUNCH_MEMORY_FRACTION)
   try:
-    assert fraction is None or 0 < float(fraction) <= 1
-  except (AssertionError, ValueError):
+    value = float(fraction)
+  except ValueError:
+    value = -1.0
+  if not 0 < value <= 1:
     raise ValueError(f'XLA_PYTHON_CLIENT_MEM_FRACTION={fraction!r} is not a fraction of the '
-                     'GPU memory: set it between 0 and 1, or unset it') from None
-  return Machine(accelerator_type.strip().lower(), GPUS[match.group(1)], gpus)
+                     'GPU memory: set it between 0 and 1, or unset it')
+  return Machine(accelerator_type.strip().lower(), GPUS[match.group(1)], gpus, value)
 
 
 def _version(distribution: str):
